@@ -1,0 +1,491 @@
+//! The analytics model (SPEC §6.2) as counter increments.
+//!
+//! Every aggregate is a named map of `field -> number`, and applying an event is a list of
+//! [`Increment`]s. That shape is what every backend can apply atomically in one step (a SQLite
+//! transaction, one Lua script) together with the processed-id mark and the ack, which is how
+//! analytics stay exactly-once under redelivery. Reading turns the maps back into the typed
+//! [`AnalyticsSnapshot`] served at `/analytics`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::event::{Event, EventId, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
+use crate::latency::{self, Percentiles};
+
+/// Names of the metric maps every backend stores.
+pub mod maps {
+    /// Pipeline-wide counters; fields are the names in [`super::counters`].
+    pub const COUNTERS: &str = "counters";
+    pub const EVENTS_BY_TYPE: &str = "events_by_type";
+    pub const SIGNUPS_BY_SOURCE: &str = "signups_by_source";
+    pub const SIGNUPS_BY_COUNTRY: &str = "signups_by_country";
+    pub const SUBSCRIPTIONS_BY_PLAN: &str = "subscriptions_by_plan";
+    pub const MRR_BY_PLAN: &str = "mrr_by_plan";
+    pub const USAGE_EVENTS_BY_FEATURE: &str = "usage_events_by_feature";
+    pub const USAGE_QUANTITY_BY_FEATURE: &str = "usage_quantity_by_feature";
+    /// Ranked map: backends return only its top entries ([`super::TOP_USERS`]).
+    pub const USAGE_BY_USER: &str = "usage_by_user";
+    /// Distinct-count map: backends return only its size.
+    pub const USERS: &str = "users";
+    pub const LATENCY_INGEST: &str = "latency_ingest_us";
+    pub const LATENCY_E2E: &str = "latency_e2e_us";
+    /// Prefix of the per-minute maps (`epm:<unix minute>`, field = event type). Backends may
+    /// forget them after [`super::MINUTE_WINDOW`] minutes.
+    pub const PER_MINUTE_PREFIX: &str = "epm:";
+
+    /// The per-minute map of a unix minute; fixed width so names sort by time.
+    pub fn per_minute(minute: i64) -> String {
+        format!("{PER_MINUTE_PREFIX}{minute:010}")
+    }
+}
+
+/// Field names of the [`maps::COUNTERS`] map.
+pub mod counters {
+    pub const RECEIVED: &str = "received";
+    pub const ACCEPTED: &str = "accepted";
+    pub const DUPLICATES: &str = "duplicates";
+    pub const REJECTED: &str = "rejected";
+    pub const PROCESSED: &str = "processed";
+    pub const FAILED: &str = "failed";
+    pub const RETRIED: &str = "retried";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const UNHANDLED: &str = "unhandled";
+    pub const ALL: [&str; 9] = [
+        RECEIVED,
+        ACCEPTED,
+        DUPLICATES,
+        REJECTED,
+        PROCESSED,
+        FAILED,
+        RETRIED,
+        DEAD_LETTERED,
+        UNHANDLED,
+    ];
+}
+
+/// How many users `/analytics` lists by usage.
+pub const TOP_USERS: usize = 10;
+/// How many minutes of per-minute counts are kept and shown.
+pub const MINUTE_WINDOW: i64 = 60;
+
+/// Add `by` to `map[field]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Increment {
+    pub map: String,
+    pub field: String,
+    pub by: f64,
+}
+
+impl Increment {
+    pub fn new(map: &str, field: impl Into<String>, by: f64) -> Self {
+        Increment {
+            map: map.to_string(),
+            field: field.into(),
+            by,
+        }
+    }
+
+    /// `+1` on a pipeline counter.
+    pub fn counter(name: &str) -> Self {
+        Increment::new(maps::COUNTERS, name, 1.0)
+    }
+
+    /// One latency sample into a histogram map.
+    pub fn latency(map: &str, micros: u64) -> Self {
+        Increment::new(map, latency::bucket_of(micros).to_string(), 1.0)
+    }
+}
+
+/// What applying one event changes; applied at most once per event id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    pub event_id: EventId,
+    pub increments: Vec<Increment>,
+}
+
+/// The monthly recurring revenue of a subscription: annual plans count a twelfth.
+pub fn monthly_amount(amount: f64, billing_cycle: Option<&str>) -> f64 {
+    match billing_cycle {
+        Some("annual") => amount / 12.0,
+        _ => amount,
+    }
+}
+
+/// What a handler logs for a known event, as the original did.
+pub fn describe(event: &Event) -> Option<String> {
+    let meta = event.metadata();
+    let s = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    let user = event.user_id.as_deref().unwrap_or("anonymous");
+    match event.event_type.as_str() {
+        USER_SIGNUP => Some(format!("User signup: {user} from {}", s("source"))),
+        SUBSCRIPTION_CREATED => {
+            let amount = meta
+                .and_then(|m| m.get("amount"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
+            Some(format!(
+                "Subscription created: {user} - {} (${amount:.2})",
+                s("plan")
+            ))
+        }
+        USAGE_TRACKED => Some(format!(
+            "Usage tracked: {user} - {} ({})",
+            s("feature"),
+            quantity(event)
+        )),
+        _ => None,
+    }
+}
+
+fn quantity(event: &Event) -> u64 {
+    event
+        .metadata()
+        .and_then(|m| m.get("quantity"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1)
+}
+
+/// The increments of applying `event` at `applied_at`.
+pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
+    let meta = event.metadata();
+    let text = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    let t = event.event_type.as_str();
+    let mut inc = vec![
+        Increment::counter(counters::PROCESSED),
+        Increment::new(maps::EVENTS_BY_TYPE, t, 1.0),
+        Increment::new(&maps::per_minute(applied_at.timestamp() / 60), t, 1.0),
+    ];
+    if let Some(user) = &event.user_id {
+        inc.push(Increment::new(maps::USERS, user.clone(), 1.0));
+    }
+    if let Some(received) = event.received_at_micros() {
+        let micros = (applied_at.timestamp_micros() - received).max(0) as u64;
+        inc.push(Increment::latency(maps::LATENCY_E2E, micros));
+    }
+    match t {
+        USER_SIGNUP => {
+            inc.push(Increment::new(maps::SIGNUPS_BY_SOURCE, text("source"), 1.0));
+            inc.push(Increment::new(
+                maps::SIGNUPS_BY_COUNTRY,
+                text("country"),
+                1.0,
+            ));
+        }
+        SUBSCRIPTION_CREATED => {
+            let amount = meta
+                .and_then(|m| m.get("amount"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
+            let cycle = meta
+                .and_then(|m| m.get("billing_cycle"))
+                .and_then(|v| v.as_str());
+            let plan = text("plan");
+            inc.push(Increment::new(
+                maps::SUBSCRIPTIONS_BY_PLAN,
+                plan.clone(),
+                1.0,
+            ));
+            inc.push(Increment::new(
+                maps::MRR_BY_PLAN,
+                plan,
+                monthly_amount(amount, cycle),
+            ));
+        }
+        USAGE_TRACKED => {
+            let q = quantity(event) as f64;
+            let feature = text("feature");
+            inc.push(Increment::new(
+                maps::USAGE_EVENTS_BY_FEATURE,
+                feature.clone(),
+                1.0,
+            ));
+            inc.push(Increment::new(maps::USAGE_QUANTITY_BY_FEATURE, feature, q));
+            if let Some(user) = &event.user_id {
+                inc.push(Increment::new(maps::USAGE_BY_USER, user.clone(), q));
+            }
+        }
+        _ => inc.push(Increment::counter(counters::UNHANDLED)),
+    }
+    Effect {
+        event_id: event.id.clone(),
+        increments: inc,
+    }
+}
+
+/// What a backend returns of its metric maps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Every map except the ranked and distinct ones, per-minute maps included.
+    pub maps: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Number of fields of [`maps::USERS`].
+    pub distinct_users: u64,
+    /// The [`TOP_USERS`] largest fields of [`maps::USAGE_BY_USER`], largest first.
+    pub top_users: Vec<(String, f64)>,
+}
+
+impl MetricsSnapshot {
+    pub fn map(&self, name: &str) -> BTreeMap<String, f64> {
+        self.maps.get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.maps
+            .get(maps::COUNTERS)
+            .and_then(|m| m.get(name))
+            .copied()
+            .unwrap_or(0.0)
+            .max(0.0) as u64
+    }
+
+    /// Merges increments not yet stored (a process's unflushed local counts).
+    pub fn add(&mut self, increments: &[Increment]) {
+        for i in increments {
+            *self
+                .maps
+                .entry(i.map.clone())
+                .or_default()
+                .entry(i.field.clone())
+                .or_insert(0.0) += i.by;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlanFigures {
+    pub count: u64,
+    pub mrr: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FeatureFigures {
+    pub events: u64,
+    pub quantity: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UserUsage {
+    pub user_id: String,
+    pub quantity: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Signups {
+    pub total: u64,
+    pub by_source: BTreeMap<String, u64>,
+    pub by_country: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Subscriptions {
+    pub total: u64,
+    /// Monthly recurring revenue in the amounts' currency; annual plans count a twelfth.
+    pub mrr: f64,
+    pub by_plan: BTreeMap<String, PlanFigures>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Usage {
+    pub events: u64,
+    pub quantity: u64,
+    pub by_feature: BTreeMap<String, FeatureFigures>,
+    pub top_users: Vec<UserUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MinuteCounts {
+    /// Start of the minute, RFC 3339 UTC.
+    pub minute: String,
+    pub total: u64,
+    pub by_type: BTreeMap<String, u64>,
+}
+
+/// The `/analytics` document.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AnalyticsSnapshot {
+    pub generated_at: String,
+    /// Events applied (known and unknown types).
+    pub events_processed: u64,
+    pub events_by_type: BTreeMap<String, u64>,
+    pub unhandled: u64,
+    pub distinct_users: u64,
+    pub signups: Signups,
+    pub subscriptions: Subscriptions,
+    pub usage: Usage,
+    /// The last [`MINUTE_WINDOW`] minutes, oldest first, including empty minutes.
+    pub events_per_minute: Vec<MinuteCounts>,
+    pub end_to_end_latency: Percentiles,
+}
+
+fn counts(map: BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+    map.into_iter()
+        .map(|(k, v)| (k, v.max(0.0).round() as u64))
+        .collect()
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+impl AnalyticsSnapshot {
+    pub fn from_metrics(m: &MetricsSnapshot, now: DateTime<Utc>) -> Self {
+        let events_by_type = counts(m.map(maps::EVENTS_BY_TYPE));
+        let of_type = |t: &str| events_by_type.get(t).copied().unwrap_or(0);
+
+        let mrr_by_plan = m.map(maps::MRR_BY_PLAN);
+        let by_plan: BTreeMap<String, PlanFigures> = counts(m.map(maps::SUBSCRIPTIONS_BY_PLAN))
+            .into_iter()
+            .map(|(plan, count)| {
+                let mrr = round2(mrr_by_plan.get(&plan).copied().unwrap_or(0.0));
+                (plan, PlanFigures { count, mrr })
+            })
+            .collect();
+
+        let quantities = counts(m.map(maps::USAGE_QUANTITY_BY_FEATURE));
+        let by_feature: BTreeMap<String, FeatureFigures> =
+            counts(m.map(maps::USAGE_EVENTS_BY_FEATURE))
+                .into_iter()
+                .map(|(f, events)| {
+                    let quantity = quantities.get(&f).copied().unwrap_or(0);
+                    (f, FeatureFigures { events, quantity })
+                })
+                .collect();
+
+        let this_minute = now.timestamp() / 60;
+        let events_per_minute = (this_minute - MINUTE_WINDOW + 1..=this_minute)
+            .map(|minute| {
+                let by_type = counts(m.map(&maps::per_minute(minute)));
+                MinuteCounts {
+                    minute: Utc
+                        .timestamp_opt(minute * 60, 0)
+                        .single()
+                        .map(|t| t.format("%Y-%m-%dT%H:%M:00Z").to_string())
+                        .unwrap_or_default(),
+                    total: by_type.values().sum(),
+                    by_type,
+                }
+            })
+            .collect();
+
+        AnalyticsSnapshot {
+            generated_at: crate::event::format_received_at(now),
+            events_processed: m.counter(counters::PROCESSED),
+            unhandled: m.counter(counters::UNHANDLED),
+            distinct_users: m.distinct_users,
+            signups: Signups {
+                total: of_type(USER_SIGNUP),
+                by_source: counts(m.map(maps::SIGNUPS_BY_SOURCE)),
+                by_country: counts(m.map(maps::SIGNUPS_BY_COUNTRY)),
+            },
+            subscriptions: Subscriptions {
+                total: of_type(SUBSCRIPTION_CREATED),
+                mrr: round2(mrr_by_plan.values().sum()),
+                by_plan,
+            },
+            usage: Usage {
+                events: of_type(USAGE_TRACKED),
+                quantity: quantities.values().sum(),
+                by_feature,
+                top_users: m
+                    .top_users
+                    .iter()
+                    .map(|(u, q)| UserUsage {
+                        user_id: u.clone(),
+                        quantity: q.max(0.0).round() as u64,
+                    })
+                    .collect(),
+            },
+            events_by_type,
+            events_per_minute,
+            end_to_end_latency: latency::percentiles(&m.map(maps::LATENCY_E2E)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(v: serde_json::Value) -> Event {
+        Event::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_known_mix_gives_the_expected_aggregates() {
+        let now = Utc::now();
+        let events = [
+            json!({"event_id":"a","event_type":"user_signup","user_id":"u1","timestamp":"2025-12-16T10:00:00Z","metadata":{"source":"organic","country":"US"}}),
+            json!({"event_id":"b","event_type":"subscription_created","user_id":"u1","timestamp":"2025-12-16T10:00:00Z","metadata":{"plan":"pro","amount":120.0,"billing_cycle":"annual"}}),
+            json!({"event_id":"c","event_type":"subscription_created","user_id":"u2","timestamp":"2025-12-16T10:00:00Z","metadata":{"plan":"pro","amount":99.99}}),
+            json!({"event_id":"d","event_type":"usage_tracked","user_id":"u2","timestamp":"2025-12-16T10:00:00Z","metadata":{"feature":"api_call","quantity":50}}),
+            json!({"event_id":"e","event_type":"usage_tracked","user_id":"u3","timestamp":"2025-12-16T10:00:00Z","metadata":{"feature":"api_call"}}),
+            json!({"event_id":"f","event_type":"page_view","timestamp":"2025-12-16T10:00:00Z"}),
+        ];
+        let mut m = MetricsSnapshot::default();
+        for e in events {
+            m.add(&effect_of(&event(e), now).increments);
+        }
+        let users = m.maps.remove(maps::USERS).unwrap();
+        m.distinct_users = users.len() as u64;
+        let mut top: Vec<_> = m
+            .maps
+            .remove(maps::USAGE_BY_USER)
+            .unwrap()
+            .into_iter()
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        m.top_users = top;
+
+        let a = AnalyticsSnapshot::from_metrics(&m, now);
+        assert_eq!(a.events_processed, 6);
+        assert_eq!(a.unhandled, 1);
+        assert_eq!(a.distinct_users, 3);
+        assert_eq!(a.signups.total, 1);
+        assert_eq!(a.signups.by_source["organic"], 1);
+        assert_eq!(a.subscriptions.total, 2);
+        assert_eq!(a.subscriptions.mrr, 109.99);
+        assert_eq!(a.subscriptions.by_plan["pro"].count, 2);
+        assert_eq!(a.usage.quantity, 51);
+        assert_eq!(a.usage.by_feature["api_call"].events, 2);
+        assert_eq!(a.usage.top_users[0].user_id, "u2");
+        assert_eq!(a.events_per_minute.len(), 60);
+        assert_eq!(a.events_per_minute[59].total, 6);
+    }
+
+    #[test]
+    fn handler_log_lines_match_the_original() {
+        let e = event(
+            json!({"event_id":"a","event_type":"subscription_created","user_id":"user_def456","timestamp":"2025-12-16T10:00:00Z","metadata":{"plan":"premium","amount":99.99}}),
+        );
+        assert_eq!(
+            describe(&e).unwrap(),
+            "Subscription created: user_def456 - premium ($99.99)"
+        );
+        let e = event(
+            json!({"event_id":"a","event_type":"usage_tracked","user_id":"user_ghi789","timestamp":"2025-12-16T10:00:00Z","metadata":{"feature":"api_call","quantity":50}}),
+        );
+        assert_eq!(
+            describe(&e).unwrap(),
+            "Usage tracked: user_ghi789 - api_call (50)"
+        );
+        let e = event(
+            json!({"event_id":"a","event_type":"user_signup","user_id":"user_abc123","timestamp":"2025-12-16T10:00:00Z","metadata":{"source":"organic"}}),
+        );
+        assert_eq!(
+            describe(&e).unwrap(),
+            "User signup: user_abc123 from organic"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! In-process backend: for tests and single-process runs (`DAY15_QUEUE_BACKEND=memory`).
+//!
+//! One `std::sync::Mutex` guards all state; no `.await` happens while it is held, so each
+//! trait method is atomic exactly like one SQLite transaction or one Lua script. Nothing
+//! survives the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::analytics::{counters, maps, TOP_USERS};
+
+/// One queued event.
+struct Entry {
+    event_id: EventId,
+    payload: String,
+    /// Failed attempts so far.
+    failures: u32,
+    /// Claim token of the current lease, if leased.
+    lease: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Event id -> expiry (epoch ms) of its duplicate mark.
+    seen: HashMap<EventId, i64>,
+    /// Event id -> expiry (epoch ms) of its applied mark.
+    processed: HashMap<EventId, i64>,
+    entries: HashMap<u64, Entry>,
+    /// Entry keys ready to claim, oldest first.
+    ready: VecDeque<u64>,
+    /// (lease expiry ms, key) of leased entries.
+    leased: BTreeSet<(i64, u64)>,
+    /// (due ms, key) of entries waiting for a retry.
+    delayed: BTreeSet<(i64, u64)>,
+    dlq: Vec<DeadLetter>,
+    metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    next_key: u64,
+    next_token: u64,
+    /// When expired id marks are next swept (epoch ms).
+    next_prune: i64,
+}
+
+impl State {
+    fn add(&mut self, increments: &[Increment]) {
+        for i in increments {
+            *self
+                .metrics
+                .entry(i.map.clone())
+                .or_default()
+                .entry(i.field.clone())
+                .or_insert(0.0) += i.by;
+        }
+    }
+
+    fn push(&mut self, event_id: EventId, payload: String, failures: u32) {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.entries.insert(
+            key,
+            Entry {
+                event_id,
+                payload,
+                failures,
+                lease: None,
+            },
+        );
+        self.ready.push_back(key);
+    }
+
+    /// Moves expired leases and due retries back to `ready`.
+    fn promote(&mut self, now: i64) {
+        while let Some(&(until, key)) = self.leased.first() {
+            if until > now {
+                break;
+            }
+            self.leased.pop_first();
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.lease = None;
+                self.ready.push_back(key);
+            }
+        }
+        while let Some(&(due, key)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if self.entries.contains_key(&key) {
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// The entry of a delivery handle, if its lease is still the one in the handle.
+    fn leased_entry(&self, handle: &str) -> Option<(u64, u64)> {
+        let (key, token) = handle.split_once(':')?;
+        let (key, token) = (key.parse().ok()?, token.parse().ok()?);
+        (self.entries.get(&key)?.lease == Some(token)).then_some((key, token))
+    }
+
+    fn release(&mut self, key: u64) -> Option<Entry> {
+        self.leased.retain(|(_, k)| *k != key);
+        self.entries.remove(&key)
+    }
+}
+
+/// The in-process backend.
+pub struct MemoryBackend {
+    options: BackendOptions,
+    state: Mutex<State>,
+    /// Wakes claimers waiting on an empty queue.
+    arrivals: Notify,
+}
+
+impl MemoryBackend {
+    pub fn new(options: BackendOptions) -> Self {
+        MemoryBackend {
+            options,
+            state: Mutex::new(State::default()),
+            arrivals: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave partial state that matters more than
+        // refusing all further work would; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now() -> i64 {
+        epoch_millis(SystemTime::now())
+    }
+
+    fn try_claim(&self, max: usize) -> Vec<Delivery> {
+        let now = Self::now();
+        let lease_until = now + self.options.visibility_timeout.as_millis() as i64;
+        let mut st = self.lock();
+        st.promote(now);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(key) = st.ready.pop_front() else {
+                break;
+            };
+            st.next_token += 1;
+            let token = st.next_token;
+            let Some(e) = st.entries.get_mut(&key) else {
+                continue;
+            };
+            e.lease = Some(token);
+            out.push(Delivery {
+                handle: format!("{key}:{token}"),
+                event_id: e.event_id.clone(),
+                payload: e.payload.clone(),
+                attempt: e.failures + 1,
+            });
+            st.leased.insert((lease_until, key));
+        }
+        out
+    }
+
+    /// When the next lease expires or retry falls due, so a waiting claimer wakes for it.
+    fn next_due(&self) -> Option<i64> {
+        let st = self.lock();
+        let a = st.leased.first().map(|x| x.0);
+        let b = st.delayed.first().map(|x| x.0);
+        a.into_iter().chain(b).min()
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> BackendResult<()> {
+        Ok(())
+    }
+
+    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+        let now = Self::now();
+        let expiry = now + self.options.idempotency_ttl.as_millis() as i64;
+        let mut st = self.lock();
+        let mut out = Vec::with_capacity(events.len());
+        let (mut accepted, mut duplicates) = (0.0, 0.0);
+        for e in events {
+            let fresh = st.seen.get(&e.event_id).is_none_or(|&exp| exp <= now);
+            if fresh {
+                st.seen.insert(e.event_id.clone(), expiry);
+                st.push(e.event_id, e.payload, 0);
+                accepted += 1.0;
+                out.push(EnqueueOutcome::Accepted);
+            } else {
+                duplicates += 1.0;
+                out.push(EnqueueOutcome::Duplicate);
+            }
+        }
+        st.add(&[
+            Increment::new(maps::COUNTERS, counters::ACCEPTED, accepted),
+            Increment::new(maps::COUNTERS, counters::DUPLICATES, duplicates),
+        ]);
+        if now >= st.next_prune {
+            st.seen.retain(|_, exp| *exp > now);
+            st.processed.retain(|_, exp| *exp > now);
+            st.next_prune = now + 10_000;
+        }
+        drop(st);
+        if accepted > 0.0 {
+            self.arrivals.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn claim_batch(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> BackendResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an enqueue between the look and the wait
+            // still wakes us.
+            let arrived = self.arrivals.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let got = self.try_claim(max);
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let mut until = deadline;
+            if let Some(due) = self.next_due() {
+                let in_ms = (due - Self::now()).max(1) as u64;
+                until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            // Whichever branch loses is dropped; none holds a claimed event.
+            tokio::select! {
+                _ = &mut arrived => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = cancel.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
+        let now = Self::now();
+        let applied_until = now + self.options.idempotency_ttl.as_millis() as i64;
+        let mut st = self.lock();
+        let mut requeued = false;
+        for s in settlements {
+            match s {
+                Settlement::Ack { delivery, effect } => {
+                    let key = delivery
+                        .handle
+                        .split_once(':')
+                        .map(|(k, _)| k.parse::<u64>());
+                    if let Some(Ok(key)) = key {
+                        st.release(key);
+                    }
+                    if let Some(effect) = effect {
+                        let done = st
+                            .processed
+                            .get(&effect.event_id)
+                            .is_some_and(|&exp| exp > now);
+                        if !done {
+                            st.processed.insert(effect.event_id.clone(), applied_until);
+                            st.add(&effect.increments);
+                        }
+                    }
+                }
+                Settlement::Retry {
+                    delivery,
+                    not_before,
+                    ..
+                } => {
+                    let Some((key, _)) = st.leased_entry(&delivery.handle) else {
+                        continue;
+                    };
+                    st.leased.retain(|(_, k)| *k != key);
+                    if let Some(e) = st.entries.get_mut(&key) {
+                        e.lease = None;
+                        e.failures = delivery.attempt;
+                    }
+                    st.delayed.insert((epoch_millis(not_before), key));
+                    st.add(&[
+                        Increment::counter(counters::FAILED),
+                        Increment::counter(counters::RETRIED),
+                    ]);
+                    requeued = true;
+                }
+                Settlement::DeadLetter {
+                    delivery,
+                    reason,
+                    error,
+                } => {
+                    let Some((key, _)) = st.leased_entry(&delivery.handle) else {
+                        continue;
+                    };
+                    if let Some(e) = st.release(key) {
+                        st.dlq.push(DeadLetter {
+                            event_id: e.event_id,
+                            event: payload_value(&e.payload),
+                            failure_reason: reason.as_str().into(),
+                            error,
+                            attempts: delivery.attempt,
+                            failed_at: format_millis(now),
+                        });
+                    }
+                    st.add(&[
+                        Increment::counter(counters::FAILED),
+                        Increment::counter(counters::DEAD_LETTERED),
+                    ]);
+                }
+            }
+        }
+        drop(st);
+        if requeued {
+            // A waiting claimer recomputes its wake-up time from the new retry.
+            self.arrivals.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn depths(&self) -> BackendResult<Depths> {
+        let st = self.lock();
+        Ok(Depths {
+            queue: st.entries.len() as u64,
+            dlq: st.dlq.len() as u64,
+        })
+    }
+
+    async fn dlq_list(&self, limit: usize, offset: usize) -> BackendResult<Vec<DeadLetter>> {
+        let st = self.lock();
+        Ok(st.dlq.iter().skip(offset).take(limit).cloned().collect())
+    }
+
+    async fn dlq_replay(&self, which: DlqSelection) -> BackendResult<u64> {
+        let mut st = self.lock();
+        let (back, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut st.dlq)
+                .into_iter()
+                .partition(|d| match &which {
+                    DlqSelection::All => true,
+                    DlqSelection::Ids(ids) => ids.contains(&d.event_id),
+                });
+        st.dlq = keep;
+        let n = back.len() as u64;
+        for d in back {
+            let payload = match d.event {
+                serde_json::Value::String(s) => s,
+                v => v.to_string(),
+            };
+            st.push(d.event_id, payload, 0);
+        }
+        drop(st);
+        if n > 0 {
+            self.arrivals.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    async fn dlq_purge(&self) -> BackendResult<u64> {
+        let mut st = self.lock();
+        let n = st.dlq.len() as u64;
+        st.dlq.clear();
+        Ok(n)
+    }
+
+    async fn record(&self, increments: Vec<Increment>) -> BackendResult<()> {
+        self.lock().add(&increments);
+        Ok(())
+    }
+
+    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
+        let st = self.lock();
+        let mut snapshot = MetricsSnapshot::default();
+        for (name, map) in &st.metrics {
+            match name.as_str() {
+                maps::USERS => snapshot.distinct_users = map.len() as u64,
+                maps::USAGE_BY_USER => {
+                    let mut top: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                    top.truncate(TOP_USERS);
+                    snapshot.top_users = top;
+                }
+                _ => {
+                    snapshot.maps.insert(name.clone(), map.clone());
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+}

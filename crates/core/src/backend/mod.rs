@@ -1,0 +1,251 @@
+//! The queue and store every process shares, behind one trait.
+//!
+//! A [`Backend`] is the only thing the webhook and the consumers have in common. Each method is
+//! one atomic step in the backend (one SQLite transaction, one Lua script, one lock) so that no
+//! crash can leave an event in two places or in none:
+//!
+//! - [`Backend::enqueue`]: idempotency mark + enqueue + accepted/duplicate counters.
+//! - [`Backend::claim_batch`]: take up to N ready events under a lease (the visibility timeout);
+//!   an event whose lease runs out without being settled is delivered again.
+//! - [`Backend::settle`]: for a whole batch at once, ack (applying the analytics effect only if
+//!   the event id was never applied before), schedule a retry, or dead-letter.
+//!
+//! Delivery is at-least-once; the processed-id check inside `settle` makes analytics
+//! exactly-once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::{Effect, Increment, MetricsSnapshot};
+use crate::config::{BackendKind, Config};
+use crate::event::EventId;
+
+pub mod memory;
+pub mod redis;
+pub mod sqlite;
+
+/// Settings every backend needs, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// How long a claimed event stays invisible to other consumers before it is redelivered.
+    pub visibility_timeout: Duration,
+    /// How long an event id is remembered, for both the duplicate check and the applied check.
+    pub idempotency_ttl: Duration,
+}
+
+impl BackendOptions {
+    pub fn from_config(config: &Config) -> Self {
+        BackendOptions {
+            visibility_timeout: config.visibility_timeout,
+            idempotency_ttl: config.idempotency_ttl,
+        }
+    }
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            visibility_timeout: Duration::from_secs(30),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why a backend call failed. `Unavailable` is worth retrying later (the webhook answers 503).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The store cannot be reached or is locked/busy; nothing was changed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corrupt data, disk full, script error), with context.
+    #[error("backend error: {0}")]
+    Failed(String),
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A validated event as it is stored: its id and its JSON (with `received_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub event_id: EventId,
+    pub payload: String,
+}
+
+/// The answer of [`Backend::enqueue`] for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnqueueOutcome {
+    /// Stored; it will be delivered.
+    Accepted,
+    /// Its id was seen within the idempotency TTL; nothing was stored.
+    Duplicate,
+}
+
+/// One claimed event, leased to the claiming consumer until settled or the lease runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Backend-specific identity of this lease (row and claim token, stream entry id, …).
+    pub handle: String,
+    pub event_id: EventId,
+    pub payload: String,
+    /// 1 on the first attempt; 1 + failed attempts so far after retries. Redeliveries after a
+    /// lost lease (a crash) do not count: they were not handler failures.
+    pub attempt: u32,
+}
+
+/// Why an event went to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// It can never succeed (undecodable, invalid): no retries.
+    Permanent,
+    /// It failed `1 + DAY15_MAX_RETRIES` times.
+    MaxRetriesExceeded,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Permanent => "permanent_failure",
+            FailureReason::MaxRetriesExceeded => "max_retries_exceeded",
+        }
+    }
+}
+
+/// What a consumer decided for one delivery; a batch of these is settled at once.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Done: remove it, and apply `effect` unless this event id was applied before.
+    Ack {
+        delivery: Delivery,
+        effect: Option<Effect>,
+    },
+    /// Failed, try again no earlier than `not_before` with `attempt + 1`. Counts `failed` and
+    /// `retried`. Ignored when the lease was lost meanwhile (another consumer owns it).
+    Retry {
+        delivery: Delivery,
+        not_before: SystemTime,
+        error: String,
+    },
+    /// Park it in the DLQ with `attempts = delivery.attempt`. Counts `failed` and
+    /// `dead_lettered`. Ignored when the lease was lost meanwhile.
+    DeadLetter {
+        delivery: Delivery,
+        reason: FailureReason,
+        error: String,
+    },
+}
+
+/// A dead-lettered event as listed by `/dlq` and `consumer dlq list`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub event_id: EventId,
+    /// The stored event (the payload parsed back; a string if it was not JSON).
+    pub event: serde_json::Value,
+    pub failure_reason: String,
+    pub error: String,
+    pub attempts: u32,
+    /// RFC 3339 UTC.
+    pub failed_at: String,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DlqSelection {
+    All,
+    Ids(Vec<EventId>),
+}
+
+/// Work not yet done and work parked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Depths {
+    /// Ready + in flight + waiting for a retry.
+    pub queue: u64,
+    pub dlq: u64,
+}
+
+/// The queue, idempotency window, DLQ and metric store shared by every process.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `sqlite`, `redis` or `memory`.
+    fn name(&self) -> &'static str;
+
+    /// Cheap reachability check for `/health` and the orchestrator's start-up check.
+    async fn ping(&self) -> BackendResult<()>;
+
+    /// Stores each event whose id was not seen within the TTL, in one atomic step for the
+    /// whole slice; ids repeated inside the slice are duplicates after their first occurrence.
+    /// Also counts `accepted` and `duplicates`. Returns one outcome per input, in order.
+    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>>;
+
+    /// Leases up to `max` ready events to `consumer`. Returns as soon as at least one is ready;
+    /// when none is, waits up to `wait` (woken early by an enqueue) and returns empty on
+    /// timeout or when `cancel` fires. Cancellation never loses a claimed event.
+    async fn claim_batch(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> BackendResult<Vec<Delivery>>;
+
+    /// Settles a batch atomically (see [`Settlement`]).
+    async fn settle(&self, settlements: Vec<Settlement>) -> BackendResult<()>;
+
+    async fn depths(&self) -> BackendResult<Depths>;
+
+    /// Dead letters, oldest first.
+    async fn dlq_list(&self, limit: usize, offset: usize) -> BackendResult<Vec<DeadLetter>>;
+
+    /// Moves dead letters back to the queue with attempts reset; returns how many moved.
+    async fn dlq_replay(&self, which: DlqSelection) -> BackendResult<u64>;
+
+    /// Deletes every dead letter; returns how many.
+    async fn dlq_purge(&self) -> BackendResult<u64>;
+
+    /// Adds to metric maps outside any delivery (webhook counters and ingest latencies).
+    async fn record(&self, increments: Vec<Increment>) -> BackendResult<()>;
+
+    /// Every metric map, shaped as [`MetricsSnapshot`] documents.
+    async fn metrics(&self) -> BackendResult<MetricsSnapshot>;
+}
+
+/// Opens the backend the configuration names.
+pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
+    let options = BackendOptions::from_config(config);
+    Ok(match config.queue_backend {
+        BackendKind::Memory => Arc::new(memory::MemoryBackend::new(options)),
+        BackendKind::Sqlite => {
+            sqlite::SqliteBackend::open(&config.sqlite_path, config.sqlite_synchronous, options)
+                .await?;
+            return Err(BackendError::Failed("sqlite backend not built yet".into()));
+        }
+        BackendKind::Redis => {
+            redis::RedisBackend::connect(&config.redis_url, &config.key_prefix, options).await?;
+            return Err(BackendError::Failed("redis backend not built yet".into()));
+        }
+    })
+}
+
+/// Milliseconds since the epoch: the clock every backend stores, shared across processes.
+pub fn epoch_millis(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(_) => 0,
+    }
+}
+
+/// `failed_at` and other stored instants, as RFC 3339 UTC.
+pub fn format_millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// Parses a stored payload back for display; a payload that is not JSON is shown as a string.
+pub fn payload_value(payload: &str) -> serde_json::Value {
+    serde_json::from_str(payload).unwrap_or_else(|_| serde_json::Value::String(payload.into()))
+}

@@ -1,0 +1,425 @@
+//! The webhook event model and its validation (SPEC §4).
+//!
+//! Validation works on an already-parsed `serde_json::Value` and never panics, whatever the
+//! input: every problem is reported per field so a sender can fix all of them at once. Unknown
+//! top-level fields are kept as they were sent; the stored form is the sender's object plus
+//! `received_at`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An event's idempotency key: 1–128 printable ASCII characters without whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(String);
+
+impl EventId {
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks the id rules; the error says which one failed.
+    pub fn parse(s: &str) -> Result<EventId, &'static str> {
+        if s.is_empty() {
+            return Err("must not be empty");
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err("must be at most 128 characters");
+        }
+        if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err("must be printable ASCII without whitespace");
+        }
+        Ok(EventId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One problem with one field, as returned in an error body's `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldProblem {
+    pub field: String,
+    pub problem: String,
+}
+
+/// Why an event was refused: every field problem, and the required fields that were absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ValidationError {
+    pub details: Vec<FieldProblem>,
+    pub missing: Vec<String>,
+}
+
+impl ValidationError {
+    fn push(&mut self, field: &str, problem: impl Into<String>) {
+        self.details.push(FieldProblem {
+            field: field.to_string(),
+            problem: problem.into(),
+        });
+    }
+
+    /// A one-line summary for logs and batch `error_details`.
+    pub fn summary(&self) -> String {
+        self.details
+            .iter()
+            .map(|d| {
+                if d.field.is_empty() {
+                    d.problem.clone()
+                } else {
+                    format!("{}: {}", d.field, d.problem)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// The event types the consumers know how to apply.
+pub const USER_SIGNUP: &str = "user_signup";
+pub const SUBSCRIPTION_CREATED: &str = "subscription_created";
+pub const USAGE_TRACKED: &str = "usage_tracked";
+
+/// A validated event. `body` is the sender's object, unknown fields included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: EventId,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub body: Map<String, Value>,
+}
+
+impl Event {
+    /// Validates one JSON value against SPEC §4.
+    pub fn from_value(value: Value) -> Result<Event, ValidationError> {
+        let mut err = ValidationError::default();
+        let Value::Object(body) = value else {
+            err.push("", "event must be a JSON object");
+            return Err(err);
+        };
+
+        let id = match body.get("event_id") {
+            None | Some(Value::Null) => {
+                err.push("event_id", "is required");
+                err.missing.push("event_id".into());
+                None
+            }
+            Some(Value::String(s)) => match EventId::parse(s) {
+                Ok(id) => Some(id),
+                Err(problem) => {
+                    err.push("event_id", problem);
+                    None
+                }
+            },
+            Some(_) => {
+                err.push("event_id", "must be a string");
+                None
+            }
+        };
+
+        let event_type = match body.get("event_type") {
+            None | Some(Value::Null) => {
+                err.push("event_type", "is required");
+                err.missing.push("event_type".into());
+                None
+            }
+            Some(Value::String(s)) if s.is_empty() || s.chars().count() > 64 => {
+                err.push("event_type", "must be 1 to 64 characters");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                err.push("event_type", "must be a string");
+                None
+            }
+        };
+
+        match body.get("timestamp") {
+            None | Some(Value::Null) => {
+                err.push("timestamp", "is required");
+                err.missing.push("timestamp".into());
+            }
+            Some(Value::String(s)) => {
+                if chrono::DateTime::parse_from_rfc3339(s).is_err() {
+                    err.push(
+                        "timestamp",
+                        "must be an RFC 3339 date-time, e.g. 2025-12-16T10:00:00Z",
+                    );
+                }
+            }
+            Some(_) => err.push("timestamp", "must be an RFC 3339 date-time string"),
+        }
+
+        let user_id = match body.get("user_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.chars().count() > 128 => {
+                err.push("user_id", "must be at most 128 characters");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                err.push("user_id", "must be a string");
+                None
+            }
+        };
+
+        match body.get("metadata") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(meta)) => {
+                if let Some(t) = &event_type {
+                    check_metadata(t, meta, &mut err);
+                }
+            }
+            Some(_) => err.push("metadata", "must be a JSON object"),
+        }
+
+        match (id, event_type) {
+            (Some(id), Some(event_type)) if err.details.is_empty() => Ok(Event {
+                id,
+                event_type,
+                user_id,
+                body,
+            }),
+            _ => Err(err),
+        }
+    }
+
+    /// Parses and validates raw JSON bytes; a parse failure is a problem of the whole body.
+    pub fn from_slice(bytes: &[u8]) -> Result<Event, ValidationError> {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => Event::from_value(v),
+            Err(e) => {
+                let mut err = ValidationError::default();
+                err.push("", format!("body is not valid JSON: {e}"));
+                Err(err)
+            }
+        }
+    }
+
+    /// The event's metadata object (empty when absent).
+    pub fn metadata(&self) -> Option<&Map<String, Value>> {
+        self.body.get("metadata").and_then(Value::as_object)
+    }
+
+    /// Sets `received_at` (RFC 3339 UTC, microseconds), replacing any value the sender gave.
+    pub fn stamp_received_at(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.body
+            .insert("received_at".into(), Value::String(format_received_at(at)));
+    }
+
+    /// `received_at` in microseconds since the epoch, when present and parseable.
+    pub fn received_at_micros(&self) -> Option<i64> {
+        let s = self.body.get("received_at")?.as_str()?;
+        let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+        Some(t.timestamp_micros())
+    }
+
+    /// The stored form: the sender's object with `received_at`, as compact JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising a Map of Values cannot fail.
+        serde_json::to_string(&self.body).unwrap_or_default()
+    }
+}
+
+/// `received_at` format: RFC 3339 UTC with microseconds.
+pub fn format_received_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn check_metadata(event_type: &str, meta: &Map<String, Value>, err: &mut ValidationError) {
+    let mut want = |key: &str, ok: bool, what: &str| {
+        if !ok {
+            err.push(&format!("metadata.{key}"), what);
+        }
+    };
+    for (key, value) in meta {
+        if value.is_null() {
+            continue;
+        }
+        match (event_type, key.as_str()) {
+            (USER_SIGNUP, "source" | "email" | "company" | "country") => {
+                want(key, value.is_string(), "must be a string")
+            }
+            (SUBSCRIPTION_CREATED, "plan") => want(key, value.is_string(), "must be a string"),
+            (SUBSCRIPTION_CREATED, "amount") => want(
+                key,
+                value.as_f64().is_some_and(|a| a.is_finite() && a >= 0.0),
+                "must be a number >= 0",
+            ),
+            (SUBSCRIPTION_CREATED, "billing_cycle") => want(
+                key,
+                matches!(value.as_str(), Some("monthly" | "annual")),
+                "must be \"monthly\" or \"annual\"",
+            ),
+            (SUBSCRIPTION_CREATED, "trial") => want(key, value.is_boolean(), "must be a boolean"),
+            (USAGE_TRACKED, "feature") => want(key, value.is_string(), "must be a string"),
+            (USAGE_TRACKED, "quantity" | "duration_ms") => {
+                want(key, value.as_u64().is_some(), "must be an integer >= 0")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems(v: Value) -> Vec<String> {
+        Event::from_value(v)
+            .unwrap_err()
+            .details
+            .into_iter()
+            .map(|d| d.field)
+            .collect()
+    }
+
+    fn base() -> Value {
+        json!({"event_id": "evt_1", "event_type": "user_signup", "timestamp": "2025-12-16T10:00:00Z"})
+    }
+
+    #[test]
+    fn the_originals_sample_events_validate() {
+        let text = include_str!("../../../data/sample_events.json");
+        let events: Vec<Value> = serde_json::from_str(text).unwrap();
+        assert!(events.len() >= 3);
+        for e in events {
+            Event::from_value(e.clone()).unwrap_or_else(|err| panic!("{e}: {err}"));
+        }
+    }
+
+    #[test]
+    fn minimal_event_without_user_or_metadata_is_accepted() {
+        let e = Event::from_value(base()).unwrap();
+        assert_eq!(e.id.as_str(), "evt_1");
+        assert_eq!(e.user_id, None);
+    }
+
+    #[test]
+    fn missing_required_fields_are_listed() {
+        let err = Event::from_value(json!({"user_id": "u"})).unwrap_err();
+        assert_eq!(err.missing, ["event_id", "event_type", "timestamp"]);
+    }
+
+    #[test]
+    fn timestamps_with_fractions_and_offsets_are_accepted() {
+        for ts in ["2025-12-16T10:00:00.123456Z", "2025-12-16T10:00:00+02:00"] {
+            let mut v = base();
+            v["timestamp"] = json!(ts);
+            assert!(Event::from_value(v).is_ok(), "{ts}");
+        }
+        let mut v = base();
+        v["timestamp"] = json!("yesterday");
+        assert_eq!(problems(v), ["timestamp"]);
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for bad in [
+            json!(""),
+            json!("has space"),
+            json!("x".repeat(129)),
+            json!(5),
+            json!("é"),
+        ] {
+            let mut v = base();
+            v["event_id"] = bad.clone();
+            assert_eq!(problems(v), ["event_id"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_types_are_checked_per_event_type() {
+        let cases = [
+            ("user_signup", json!({"source": 1}), "metadata.source"),
+            (
+                "subscription_created",
+                json!({"amount": -1}),
+                "metadata.amount",
+            ),
+            (
+                "subscription_created",
+                json!({"amount": "9"}),
+                "metadata.amount",
+            ),
+            (
+                "subscription_created",
+                json!({"billing_cycle": "weekly"}),
+                "metadata.billing_cycle",
+            ),
+            (
+                "subscription_created",
+                json!({"trial": "no"}),
+                "metadata.trial",
+            ),
+            (
+                "usage_tracked",
+                json!({"quantity": 1.5}),
+                "metadata.quantity",
+            ),
+            (
+                "usage_tracked",
+                json!({"quantity": -3}),
+                "metadata.quantity",
+            ),
+            (
+                "usage_tracked",
+                json!({"duration_ms": "1"}),
+                "metadata.duration_ms",
+            ),
+        ];
+        for (t, meta, field) in cases {
+            let mut v = base();
+            v["event_type"] = json!(t);
+            v["metadata"] = meta;
+            assert_eq!(problems(v), [field], "{t}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_kept() {
+        let mut v = base();
+        v["event_type"] = json!("page_view");
+        v["extra"] = json!({"a": 1});
+        let mut e = Event::from_value(v).unwrap();
+        e.stamp_received_at(chrono::Utc::now());
+        let stored: Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(stored["extra"], json!({"a": 1}));
+        assert!(stored["received_at"].as_str().unwrap().ends_with('Z'));
+        assert!(e.received_at_micros().is_some());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_validator(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Event::from_slice(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_objects_never_panic(
+            id in proptest::option::of(".{0,140}"),
+            t in proptest::option::of(".{0,70}"),
+            ts in proptest::option::of(".{0,40}"),
+            q in proptest::num::f64::ANY,
+        ) {
+            let v = json!({"event_id": id, "event_type": t, "timestamp": ts,
+                           "metadata": {"quantity": q, "amount": q}});
+            let _ = Event::from_value(v);
+        }
+    }
+}

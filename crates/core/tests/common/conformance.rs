@@ -1,0 +1,555 @@
+//! The behaviour every backend must show, written once.
+//!
+//! Each backend's test file provides a [`Harness`] (which owns whatever the backend needs: a
+//! temp dir, a redis-server) and invokes `backend_conformance!`, which expands to one
+//! `#[tokio::test]` per case below. Cases poll with deadlines instead of sleeping.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use pipeline_core::analytics::{counters, maps, Effect, Increment};
+use pipeline_core::backend::*;
+use pipeline_core::event::EventId;
+
+/// Opens fresh, empty backends for a test. Two `open` calls share nothing unless the backend
+/// is meant to be shared (then they see the same queue).
+#[async_trait]
+pub trait Harness: Send + Sync {
+    async fn open(&self, options: BackendOptions) -> Arc<dyn Backend>;
+    /// A second handle on the same store as the last `open` (another process, in effect).
+    async fn reopen(&self, options: BackendOptions) -> Arc<dyn Backend>;
+}
+
+/// Expands to one test per conformance case for the harness expression given.
+macro_rules! backend_conformance {
+    ($harness:expr) => {
+        backend_conformance!(@cases $harness;
+            enqueue_accepts_then_reports_duplicates,
+            duplicates_inside_one_batch_are_detected,
+            concurrent_identical_enqueues_accept_exactly_one,
+            idempotency_expires_per_id,
+            claim_then_ack_empties_the_queue,
+            claim_waits_and_is_woken_by_an_enqueue,
+            empty_claim_returns_after_the_wait,
+            cancelled_claim_returns_at_once,
+            expired_lease_is_delivered_again,
+            concurrent_claimers_never_share_an_event,
+            retry_is_not_delivered_before_it_is_due,
+            dead_letter_list_replay_and_purge,
+            effect_is_applied_once_under_redelivery,
+            stale_settlement_after_lost_lease_is_ignored,
+            second_handle_sees_the_same_queue,
+            metrics_record_and_shape,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                crate::common::conformance::$case(&harness).await;
+            }
+        )*
+    };
+}
+pub(crate) use backend_conformance;
+
+fn opts() -> BackendOptions {
+    BackendOptions::default()
+}
+
+fn ev(id: &str) -> QueuedEvent {
+    QueuedEvent {
+        event_id: EventId::parse(id).unwrap(),
+        payload: format!(
+            r#"{{"event_id":"{id}","event_type":"user_signup","timestamp":"2025-12-16T10:00:00Z"}}"#
+        ),
+    }
+}
+
+async fn claim(b: &Arc<dyn Backend>, max: usize, wait_ms: u64) -> Vec<Delivery> {
+    b.claim_batch(
+        "c1",
+        max,
+        Duration::from_millis(wait_ms),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+fn ack(d: Delivery, with_effect: bool) -> Settlement {
+    let effect = with_effect.then(|| Effect {
+        event_id: d.event_id.clone(),
+        increments: vec![
+            Increment::counter(counters::PROCESSED),
+            Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 1.0),
+        ],
+    });
+    Settlement::Ack {
+        delivery: d,
+        effect,
+    }
+}
+
+async fn counter(b: &Arc<dyn Backend>, name: &str) -> u64 {
+    b.metrics().await.unwrap().counter(name)
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline`.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn enqueue_accepts_then_reports_duplicates(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let out = b.enqueue(vec![ev("a"), ev("b")]).await.unwrap();
+    assert_eq!(out, [EnqueueOutcome::Accepted, EnqueueOutcome::Accepted]);
+    let out = b.enqueue(vec![ev("a"), ev("c")]).await.unwrap();
+    assert_eq!(out, [EnqueueOutcome::Duplicate, EnqueueOutcome::Accepted]);
+    assert_eq!(b.depths().await.unwrap().queue, 3);
+    assert_eq!(counter(&b, counters::ACCEPTED).await, 3);
+    assert_eq!(counter(&b, counters::DUPLICATES).await, 1);
+}
+
+pub async fn duplicates_inside_one_batch_are_detected(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let out = b.enqueue(vec![ev("x"), ev("x"), ev("y")]).await.unwrap();
+    assert_eq!(
+        out,
+        [
+            EnqueueOutcome::Accepted,
+            EnqueueOutcome::Duplicate,
+            EnqueueOutcome::Accepted
+        ]
+    );
+    assert_eq!(b.depths().await.unwrap().queue, 2);
+}
+
+pub async fn concurrent_identical_enqueues_accept_exactly_one(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.enqueue(vec![ev("same")]).await.unwrap()[0] })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() == EnqueueOutcome::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(b.depths().await.unwrap().queue, 1);
+}
+
+pub async fn idempotency_expires_per_id(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            idempotency_ttl: Duration::from_millis(1500),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("first")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.enqueue(vec![ev("second")]).await.unwrap();
+    // Once "first" is forgotten, "second" (marked 0.7 s later) must still be remembered.
+    eventually("first id to expire", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move {
+            (b.enqueue(vec![ev("first")]).await.unwrap()[0] == EnqueueOutcome::Accepted)
+                .then_some(())
+        }
+    })
+    .await;
+    let out = b.enqueue(vec![ev("second")]).await.unwrap();
+    assert_eq!(
+        out,
+        [EnqueueOutcome::Duplicate],
+        "TTL must be per id, not per set"
+    );
+}
+
+pub async fn claim_then_ack_empties_the_queue(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    b.enqueue(vec![ev("a"), ev("b"), ev("c")]).await.unwrap();
+    let got = claim(&b, 2, 0).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|d| d.attempt == 1));
+    let ids: HashSet<_> = got.iter().map(|d| d.event_id.to_string()).collect();
+    assert_eq!(
+        ids,
+        HashSet::from(["a".to_string(), "b".to_string()]),
+        "oldest first"
+    );
+    assert!(got[0].payload.contains(r#""event_id":"#));
+    b.settle(got.into_iter().map(|d| ack(d, true)).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.depths().await.unwrap().queue, 1);
+    let rest = claim(&b, 10, 0).await;
+    assert_eq!(rest.len(), 1);
+    b.settle(rest.into_iter().map(|d| ack(d, true)).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+    assert_eq!(counter(&b, counters::PROCESSED).await, 3);
+}
+
+pub async fn claim_waits_and_is_woken_by_an_enqueue(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.claim_batch("c1", 10, Duration::from_secs(20), &CancellationToken::new())
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.enqueue(vec![ev("wake")]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("claim must return well before its 20 s wait once an event arrives")
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_id.as_str(), "wake");
+}
+
+pub async fn empty_claim_returns_after_the_wait(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), claim(&b, 10, 200))
+        .await
+        .expect("an empty claim must give up after its wait");
+    assert!(got.is_empty());
+}
+
+pub async fn cancelled_claim_returns_at_once(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let cancel = CancellationToken::new();
+    let waiter = {
+        let (b, cancel) = (b.clone(), cancel.clone());
+        tokio::spawn(async move {
+            b.claim_batch("c1", 10, Duration::from_secs(60), &cancel)
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cancel.cancel();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("cancellation must end the wait")
+        .unwrap();
+    assert!(got.is_empty());
+}
+
+pub async fn expired_lease_is_delivered_again(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            visibility_timeout: Duration::from_millis(500),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("crashy")]).await.unwrap();
+    let first = claim(&b, 10, 0).await;
+    assert_eq!(first.len(), 1);
+    assert!(
+        claim(&b, 10, 0).await.is_empty(),
+        "leased events are invisible"
+    );
+    // The claimer "crashed": never settles. The event must come back.
+    let again = eventually(
+        "redelivery after the lease",
+        Duration::from_secs(10),
+        || {
+            let b = b.clone();
+            async move {
+                let got = claim(&b, 10, 100).await;
+                (!got.is_empty()).then_some(got)
+            }
+        },
+    )
+    .await;
+    assert_eq!(again[0].event_id.as_str(), "crashy");
+    assert_eq!(again[0].attempt, 1, "a lost lease is not a failed attempt");
+    b.settle(again.into_iter().map(|d| ack(d, true)).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.depths().await.unwrap().queue, 0);
+}
+
+pub async fn concurrent_claimers_never_share_an_event(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let events: Vec<_> = (0..200).map(|i| ev(&format!("e{i}"))).collect();
+    b.enqueue(events).await.unwrap();
+    let claimers: Vec<_> = (0..4)
+        .map(|n| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let got = b
+                        .claim_batch(
+                            &format!("c{n}"),
+                            7,
+                            Duration::ZERO,
+                            &CancellationToken::new(),
+                        )
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        return seen;
+                    }
+                    seen.extend(got.iter().map(|d| d.event_id.to_string()));
+                    b.settle(got.into_iter().map(|d| ack(d, true)).collect())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every event delivered exactly once");
+    assert_eq!(unique.len(), 200);
+    assert_eq!(counter(&b, counters::PROCESSED).await, 200);
+}
+
+pub async fn retry_is_not_delivered_before_it_is_due(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    b.enqueue(vec![ev("flaky"), ev("fine")]).await.unwrap();
+    let got = claim(&b, 10, 0).await;
+    assert_eq!(got.len(), 2);
+    let due = SystemTime::now() + Duration::from_millis(800);
+    let mut settle = Vec::new();
+    for d in got {
+        if d.event_id.as_str() == "flaky" {
+            settle.push(Settlement::Retry {
+                delivery: d,
+                not_before: due,
+                error: "boom".into(),
+            });
+        } else {
+            settle.push(ack(d, true));
+        }
+    }
+    b.settle(settle).await.unwrap();
+    assert_eq!(
+        b.depths().await.unwrap().queue,
+        1,
+        "a waiting retry still counts as queued"
+    );
+    assert!(claim(&b, 10, 0).await.is_empty(), "not before it is due");
+    let again = claim(&b, 10, 10_000).await;
+    assert!(SystemTime::now() >= due, "delivered only once due");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event_id.as_str(), "flaky");
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(counter(&b, counters::FAILED).await, 1);
+    assert_eq!(counter(&b, counters::RETRIED).await, 1);
+}
+
+pub async fn dead_letter_list_replay_and_purge(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    b.enqueue(vec![ev("bad1"), ev("bad2"), ev("bad3")])
+        .await
+        .unwrap();
+    let got = claim(&b, 10, 0).await;
+    b.settle(
+        got.into_iter()
+            .map(|d| Settlement::DeadLetter {
+                delivery: Delivery { attempt: 4, ..d },
+                reason: FailureReason::MaxRetriesExceeded,
+                error: "handler failed".into(),
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 3 });
+    let list = b.dlq_list(10, 0).await.unwrap();
+    assert_eq!(list.len(), 3);
+    let first = &list[0];
+    assert_eq!(first.event_id.as_str(), "bad1");
+    assert_eq!(first.failure_reason, "max_retries_exceeded");
+    assert_eq!(first.error, "handler failed");
+    assert_eq!(first.attempts, 4);
+    assert_eq!(first.event["event_id"], "bad1");
+    assert!(first.failed_at.ends_with('Z'));
+    assert_eq!(b.dlq_list(10, 2).await.unwrap().len(), 1, "offset applies");
+    assert_eq!(counter(&b, counters::DEAD_LETTERED).await, 3);
+
+    let n = b
+        .dlq_replay(DlqSelection::Ids(vec![EventId::parse("bad2").unwrap()]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(b.depths().await.unwrap(), Depths { queue: 1, dlq: 2 });
+    let back = claim(&b, 10, 0).await;
+    assert_eq!(back[0].event_id.as_str(), "bad2");
+    assert_eq!(back[0].attempt, 1, "replay resets attempts");
+
+    assert_eq!(b.dlq_purge().await.unwrap(), 2);
+    assert_eq!(b.depths().await.unwrap().dlq, 0);
+    assert_eq!(b.dlq_replay(DlqSelection::All).await.unwrap(), 0);
+}
+
+pub async fn effect_is_applied_once_under_redelivery(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            visibility_timeout: Duration::from_millis(300),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("once")]).await.unwrap();
+    let slow = claim(&b, 1, 0).await.remove(0);
+    // The slow consumer's lease runs out; a second consumer gets the same event and applies it.
+    let fast = eventually("redelivery", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move { claim(&b, 1, 100).await.pop() }
+    })
+    .await;
+    b.settle(vec![ack(fast, true)]).await.unwrap();
+    // The slow consumer finally acks too: must not apply again.
+    b.settle(vec![ack(slow, true)]).await.unwrap();
+    let m = b.metrics().await.unwrap();
+    assert_eq!(m.counter(counters::PROCESSED), 1);
+    assert_eq!(m.map(maps::EVENTS_BY_TYPE)["user_signup"], 1.0);
+    assert_eq!(b.depths().await.unwrap().queue, 0);
+}
+
+pub async fn stale_settlement_after_lost_lease_is_ignored(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            visibility_timeout: Duration::from_millis(300),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("contested")]).await.unwrap();
+    let stale = claim(&b, 1, 0).await.remove(0);
+    let current = eventually("redelivery", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move { claim(&b, 1, 100).await.pop() }
+    })
+    .await;
+    b.settle(vec![Settlement::DeadLetter {
+        delivery: stale,
+        reason: FailureReason::Permanent,
+        error: "stale".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.depths().await.unwrap().dlq,
+        0,
+        "the old lease no longer owns it"
+    );
+    b.settle(vec![ack(current, true)]).await.unwrap();
+    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+}
+
+pub async fn second_handle_sees_the_same_queue(h: &dyn Harness) {
+    let a = h.open(opts()).await;
+    let b = h.reopen(opts()).await;
+    a.enqueue(vec![ev("shared")]).await.unwrap();
+    assert_eq!(
+        b.enqueue(vec![ev("shared")]).await.unwrap(),
+        [EnqueueOutcome::Duplicate]
+    );
+    let got = b
+        .claim_batch("c2", 10, Duration::from_secs(10), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    b.settle(got.into_iter().map(|d| ack(d, true)).collect())
+        .await
+        .unwrap();
+    assert_eq!(counter(&a, counters::PROCESSED).await, 1);
+}
+
+pub async fn metrics_record_and_shape(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let mut incs = vec![
+        Increment::counter(counters::RECEIVED),
+        Increment::counter(counters::RECEIVED),
+        Increment::new(maps::MRR_BY_PLAN, "pro", 9.5),
+        Increment::latency(maps::LATENCY_INGEST, 250),
+    ];
+    for u in 0..15 {
+        incs.push(Increment::new(maps::USERS, format!("u{u}"), 1.0));
+        incs.push(Increment::new(
+            maps::USAGE_BY_USER,
+            format!("u{u}"),
+            u as f64,
+        ));
+    }
+    b.record(incs).await.unwrap();
+    let m = b.metrics().await.unwrap();
+    assert_eq!(m.counter(counters::RECEIVED), 2);
+    assert_eq!(m.map(maps::MRR_BY_PLAN)["pro"], 9.5);
+    assert_eq!(m.distinct_users, 15);
+    assert!(!m.maps.contains_key(maps::USERS));
+    assert_eq!(m.top_users.len(), pipeline_core::analytics::TOP_USERS);
+    assert_eq!(m.top_users[0], ("u14".to_string(), 14.0));
+    assert_eq!(
+        pipeline_core::latency::percentiles(&m.map(maps::LATENCY_INGEST)).count,
+        1
+    );
+}
+
+/// Harness for the memory backend: `reopen` returns the same instance (one process).
+pub struct MemoryHarness {
+    last: std::sync::Mutex<Option<Arc<dyn Backend>>>,
+}
+
+impl MemoryHarness {
+    pub fn new() -> Self {
+        MemoryHarness {
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Default for MemoryHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    async fn open(&self, options: BackendOptions) -> Arc<dyn Backend> {
+        let b: Arc<dyn Backend> =
+            Arc::new(pipeline_core::backend::memory::MemoryBackend::new(options));
+        *self.last.lock().unwrap() = Some(b.clone());
+        b
+    }
+
+    async fn reopen(&self, options: BackendOptions) -> Arc<dyn Backend> {
+        match self.last.lock().unwrap().clone() {
+            Some(b) => b,
+            None => Arc::new(pipeline_core::backend::memory::MemoryBackend::new(options)),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Test support shared by the backend test files.
+pub mod conformance;

@@ -9,3 +9,4 @@ pub mod config;
 pub mod event;
 pub mod latency;
 pub mod logging;
+pub mod runtime;

@@ -10,3 +10,4 @@ pub mod event;
 pub mod latency;
 pub mod logging;
 pub mod runtime;
+pub mod stats;

@@ -324,6 +324,12 @@ impl RawSettings {
         }
     }
 
+    /// Every effective `(variable, value)` pair, e.g. to hand a child process the exact
+    /// settings its parent resolved from flags and files.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The effective value of a variable (after precedence), if set and non-empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
@@ -836,5 +842,20 @@ mod tests {
             ..no_file()
         };
         assert_eq!(load(&args, &[]).unwrap_err().problems[0].name, "DAY15_NOPE");
+    }
+
+    #[test]
+    fn env_example_documents_every_variable_and_is_valid() {
+        let example = include_str!("../../../.env.example");
+        for (name, _) in VARIABLES {
+            assert!(example.contains(name), "{name} missing from .env.example");
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example");
+        let args = ConfigArgs {
+            env_file: Some(path),
+            ..Default::default()
+        };
+        let c = Config::load_from(&args, env(&[])).unwrap();
+        assert_eq!(c.queue_backend, BackendKind::Sqlite);
     }
 }

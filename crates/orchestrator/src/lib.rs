@@ -1,0 +1,61 @@
+//! The orchestrator: one command runs the whole pipeline (SPEC §7).
+//!
+//! Start-up order: validate the configuration (every problem at once, exit 2), check the
+//! backend is reachable (clear message, exit 1), start the webhook and wait for its `/health`,
+//! then start the consumers. Children are supervised: an unexpected exit is restarted with
+//! exponential backoff, and a child that keeps dying stops everything with exit 1. The first
+//! SIGINT/SIGTERM asks every child to finish (SIGTERM) and waits up to
+//! DAY15_SHUTDOWN_TIMEOUT_SECONDS before killing stragglers; a second signal kills at once.
+
+use pipeline_core::config::{Config, ConfigArgs, RawSettings};
+use pipeline_core::runtime::exit;
+
+pub mod banner;
+pub mod preflight;
+pub mod supervisor;
+
+/// Runs the orchestrator and returns the process exit code.
+pub fn main_entry(args: ConfigArgs, check_only: bool) -> i32 {
+    let resolved = RawSettings::gather(&args, std::env::vars())
+        .and_then(|raw| Config::validate(&raw).map(|config| (raw, config)));
+    let (raw, config) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            eprint!("{e}");
+            return exit::USAGE;
+        }
+    };
+    if check_only {
+        println!("Configuration OK");
+        print!("{}", banner::summary(&config));
+        return exit::OK;
+    }
+    let _log = match pipeline_core::logging::init("orchestrator", &config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(run(raw, config))
+}
+
+async fn run(raw: RawSettings, config: Config) -> i32 {
+    print!("{}", banner::banner(&config));
+    if let Err(message) = preflight::check_backend(&config).await {
+        tracing::error!("{message}");
+        eprintln!("{message}");
+        return exit::FAILURE;
+    }
+    supervisor::run(raw, config).await
+}

@@ -1,0 +1,276 @@
+//! Shared support for the end-to-end tests: they run the real binaries from `target/`, each in
+//! its own temp dir with its own port, SQLite file and log file.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// A built binary of the workspace, beside the test executable's `deps/` folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace` (which builds every binary)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process this test started. Dropping it kills it (SIGKILL) if it is still running.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub output: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the process printed (stdout and stderr).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) && alive(child) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The command line of a process, for telling children apart.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// One pipeline's environment: temp dir, port, backend settings.
+pub struct Pipeline {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub vars: Vec<(String, String)>,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Pipeline {
+    /// A sqlite pipeline with quick test settings (short batch timeout and retry delays).
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let db = dir.path().join("queue.sqlite3");
+        let log = dir.path().join("pipeline.log");
+        let vars = vec![
+            ("DAY15_QUEUE_BACKEND", "sqlite".to_string()),
+            ("DAY15_SQLITE_PATH", db.display().to_string()),
+            ("DAY15_WEBHOOK_PORT", port.to_string()),
+            ("DAY15_LOG_FILE", log.display().to_string()),
+            ("DAY15_BATCH_TIMEOUT_SECONDS", "1".to_string()),
+            ("DAY15_RETRY_DELAY_SECONDS", "0.05".to_string()),
+            ("DAY15_VISIBILITY_TIMEOUT_SECONDS", "2".to_string()),
+            ("DAY15_SHUTDOWN_TIMEOUT_SECONDS", "10".to_string()),
+        ];
+        Pipeline {
+            dir,
+            port,
+            vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// Sets (or replaces) one variable for every process started afterwards.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pipeline.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Starts a binary in the pipeline's folder with only this pipeline's `DAY15_*` settings.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let output = self.dir.path().join(format!("{name}-{n}.out"));
+        let out = File::create(&output).expect("output file");
+        let err = out.try_clone().expect("output file");
+        let mut cmd = Command::new(bin(name));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DAY15_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.vars.iter().cloned())
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        Proc {
+            name: name.to_string(),
+            child: cmd.spawn().expect("spawn binary"),
+            output,
+        }
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) {
+        eventually("webhook /health to answer 200", timeout, || {
+            let r = self.http.get(self.url("/health")).send().ok()?;
+            r.status().is_success().then_some(())
+        });
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn stats(&self) -> Value {
+        self.get("/stats")
+    }
+
+    /// Polls `/stats` until `field` reaches `at_least`.
+    pub fn wait_stat(&self, field: &str, at_least: u64, timeout: Duration) -> Value {
+        eventually(&format!("/stats {field} >= {at_least}"), timeout, || {
+            let s = self.stats();
+            (s[field].as_u64()? >= at_least).then_some(s)
+        })
+    }
+}
+
+/// The sample events shipped in `data/sample_events.json`.
+pub fn sample_events() -> Vec<Value> {
+    let text = include_str!("../../data/sample_events.json");
+    serde_json::from_str(text).expect("sample events are JSON")
+}
+
+/// A valid event with the given id and type.
+pub fn event(id: &str, event_type: &str, metadata: Value) -> Value {
+    serde_json::json!({
+        "event_id": id,
+        "event_type": event_type,
+        "user_id": format!("user_{id}"),
+        "timestamp": "2025-12-16T10:00:00Z",
+        "metadata": metadata,
+    })
+}

@@ -1,0 +1,178 @@
+//! End-to-end: the orchestrator runs the real webhook and consumer binaries on a real SQLite
+//! file, supervises them, and stops them cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const START: Duration = Duration::from_secs(30);
+
+fn consumer_children(orchestrator: i32) -> Vec<i32> {
+    children_of(orchestrator)
+        .into_iter()
+        .filter(|p| cmdline(*p).contains("consumer"))
+        .collect()
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_2() {
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_BATCH_SIZE", "0")
+        .set("DAY15_WEBHOOK_PORT", "abc");
+    let mut o = p.spawn("orchestrator", &["--check"]);
+    let status = o
+        .wait_timeout(Duration::from_secs(10))
+        .expect("--check exits");
+    assert_eq!(status.code(), Some(2));
+    let out = o.output();
+    assert!(out.contains("DAY15_BATCH_SIZE"), "{out}");
+    assert!(out.contains("DAY15_WEBHOOK_PORT"), "{out}");
+}
+
+#[test]
+fn unreachable_redis_is_one_clear_sentence_and_exit_1() {
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_QUEUE_BACKEND", "redis")
+        .set("DAY15_REDIS_HOST", "127.0.0.1")
+        .set("DAY15_REDIS_PORT", free_port().to_string());
+    let mut o = p.spawn("orchestrator", &[]);
+    let status = o
+        .wait_timeout(Duration::from_secs(15))
+        .expect("orchestrator exits");
+    assert_eq!(status.code(), Some(1));
+    let out = o.output();
+    assert!(out.contains("Redis connection failed at"), "{out}");
+    assert!(out.contains("DAY15_QUEUE_BACKEND=sqlite"), "{out}");
+}
+
+#[test]
+fn sample_events_are_processed_and_sigterm_stops_everything_with_exit_0() {
+    let p = Pipeline::sqlite();
+    let mut o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let out = o.output();
+    assert!(out.contains("Real-Time Analytics Orchestrator"), "{out}");
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{}/health", p.port)),
+        "{out}"
+    );
+
+    let samples = sample_events();
+    for e in &samples {
+        let (status, body) = p.post("/webhook/events", e);
+        assert_eq!(status, 202, "{body}");
+    }
+    p.wait_stat("processed", samples.len() as u64, START);
+    let a = p.get("/analytics");
+    assert_eq!(a["events_processed"], samples.len() as u64);
+    assert_eq!(a["signups"]["total"], 2);
+    assert_eq!(a["subscriptions"]["by_plan"]["premium"]["count"], 1);
+    // 99.99 monthly + 2400 annual / 12
+    assert_eq!(a["subscriptions"]["mrr"], 299.99);
+    assert_eq!(a["usage"]["quantity"], 51);
+
+    let children = children_of(o.pid());
+    assert_eq!(children.len(), 2, "webhook + 1 consumer");
+    o.signal(Signal::SIGTERM);
+    let status = o
+        .wait_timeout(Duration::from_secs(15))
+        .expect("orchestrator exits within the shutdown timeout");
+    assert_eq!(status.code(), Some(0), "{}", o.output());
+    for c in children {
+        assert!(!alive(c), "child {c} outlived the orchestrator");
+    }
+    let log = p.log();
+    assert!(
+        log.contains(" - consumer - INFO - Processing batch of"),
+        "{log}"
+    );
+    assert!(log.contains("PROCESSING STATISTICS"), "{log}");
+}
+
+#[test]
+fn killed_consumer_is_restarted_and_nothing_is_lost() {
+    let p = Pipeline::sqlite();
+    let o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let first = eventually("consumer child", START, || consumer_children(o.pid()).pop());
+    kill_pid(first, Signal::SIGKILL);
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            event(
+                &format!("k{i}"),
+                "user_signup",
+                json!({"source": "organic"}),
+            )
+        })
+        .collect();
+    let (status, _) = p.post("/webhook/batch", &json!({ "events": events }));
+    assert_eq!(status, 202);
+    let second = eventually("a new consumer child", START, || {
+        consumer_children(o.pid()).into_iter().find(|c| *c != first)
+    });
+    assert!(alive(second));
+    p.wait_stat("processed", 20, START);
+    assert_eq!(p.get("/analytics")["signups"]["total"], 20);
+    assert!(p.log().contains("exited unexpectedly"), "{}", p.log());
+}
+
+#[test]
+fn sigkilled_orchestrator_takes_its_children_down() {
+    let p = Pipeline::sqlite();
+    let mut o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let children = eventually("webhook and consumer running", START, || {
+        let c = children_of(o.pid());
+        (c.len() == 2).then_some(c)
+    });
+    o.signal(Signal::SIGKILL);
+    o.wait_timeout(Duration::from_secs(5))
+        .expect("SIGKILL ends it");
+    eventually(
+        "children to exit after the orchestrator died",
+        Duration::from_secs(5),
+        || children.iter().all(|c| !alive(*c)).then_some(()),
+    );
+}
+
+#[test]
+fn events_accepted_before_a_sigterm_are_processed_after_the_next_start() {
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_BATCH_SIZE", "5");
+    let mut o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let mut accepted = 0;
+    for b in 0..5 {
+        let events: Vec<_> = (0..100)
+            .map(|i| {
+                event(
+                    &format!("r{b}-{i}"),
+                    "usage_tracked",
+                    json!({"feature": "api_call", "quantity": 2}),
+                )
+            })
+            .collect();
+        let (status, body) = p.post("/webhook/batch", &json!({ "events": events }));
+        assert_eq!(status, 202, "{body}");
+        accepted += body["results"]["accepted"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(accepted, 500);
+    o.signal(Signal::SIGTERM);
+    let status = o.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+
+    let _o2 = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    p.wait_stat("processed", 500, START);
+    let a = p.get("/analytics");
+    assert_eq!(a["events_processed"], 500, "applied exactly once each");
+    assert_eq!(a["usage"]["quantity"], 1000);
+}
+
+fn kill_pid(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}

@@ -50,7 +50,10 @@ async fn send(
     r.send().await.unwrap()
 }
 
-fn signed(key: &[u8], id: &str, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+/// Request headers as (name, value).
+type Headers = Vec<(&'static str, String)>;
+
+fn signed(key: &[u8], id: &str, ts: i64, body: &[u8]) -> Headers {
     vec![
         ("webhook-id", id.to_string()),
         ("webhook-timestamp", ts.to_string()),
@@ -127,7 +130,7 @@ async fn bad_signatures_get_401_and_nothing_is_queued() {
     let good = signed(KEY, "msg_x", ts, &body);
     let tampered = event("evt_tampered").to_string().into_bytes();
 
-    let mut cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, Headers)> = vec![
         (
             "wrong secret",
             body.clone(),

@@ -325,3 +325,36 @@ async fn flush_loop(state: AppState, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[tokio::test]
+    async fn bare_error_statuses_become_json_errors() {
+        for status in [
+            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ] {
+            let bare = Response::builder()
+                .status(status)
+                .body(Body::from("plain text"))
+                .unwrap();
+            let mapped = json_errors(bare).await;
+            assert_eq!(mapped.status(), status);
+            assert_eq!(mapped.headers()[header::CONTENT_TYPE], "application/json");
+            let bytes = axum::body::to_bytes(mapped.into_body(), 4096)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(
+                body["error"].is_string() && body["message"].is_string(),
+                "{body}"
+            );
+        }
+        let ok = Response::new(Body::from("fine"));
+        assert_eq!(json_errors(ok).await.status(), StatusCode::OK);
+    }
+}

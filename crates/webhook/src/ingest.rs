@@ -1,0 +1,326 @@
+//! `POST /webhook/events` and `POST /webhook/batch` (SPEC §5.1, §5.2).
+//!
+//! Each request goes through the same gate — JSON Content-Type, body limit, signature over the
+//! raw bytes, load shedding on the cached queue depth — before any parsing. Valid events get
+//! `received_at` and are stored with one [`Backend::enqueue`] call per request (a whole batch
+//! included), whose atomic idempotency decides accepted or duplicate. The answer is sent only
+//! after that call succeeded.
+//!
+//! [`Backend::enqueue`]: pipeline_core::backend::Backend::enqueue
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pipeline_core::backend::{EnqueueOutcome, QueuedEvent};
+use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::{backend_call, body, AppState};
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    status: &'static str,
+    event_id: &'a str,
+    queued_at: String,
+    latency_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Ignored<'a> {
+    status: &'static str,
+    reason: &'static str,
+    event_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct BatchResults {
+    accepted: u64,
+    duplicates: u64,
+    errors: u64,
+}
+
+/// One refused event of a batch.
+#[derive(Serialize)]
+struct BatchError {
+    index: usize,
+    /// The event's `event_id` when it had a string one.
+    event_id: Option<String>,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    status: &'static str,
+    results: BatchResults,
+    total_events: usize,
+    latency_ms: f64,
+    error_details: Vec<BatchError>,
+}
+
+fn millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// The `event_id` a sender gave, for messages about an event that may be invalid.
+fn id_hint(value: &Value) -> Option<String> {
+    value
+        .get("event_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+impl AppState {
+    /// Answers a refused request, counting and logging it.
+    fn refuse(&self, error: ApiError) -> Response {
+        if error.is_rejection() {
+            self.inner.local.rejected(1);
+            tracing::warn!("Event rejected: {error}");
+        } else if matches!(
+            error.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            self.warn_capacity(&error);
+        }
+        error.into_response()
+    }
+
+    /// The checks every ingest request passes before its body is parsed.
+    async fn admit(&self, request: Request) -> Result<Bytes, ApiError> {
+        let (parts, body) = request.into_parts();
+        body::require_json(&parts.headers)?;
+        let bytes = body::read_limited(&parts.headers, body, self.config().max_body_bytes).await?;
+        if let Some(verifier) = &self.inner.verifier {
+            verifier
+                .verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())
+                .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+        }
+        let depth = self.inner.queue_depth.load(Ordering::Relaxed);
+        let max = self.config().max_queue_depth;
+        if depth > max {
+            return Err(ApiError::Overloaded { depth, max });
+        }
+        Ok(bytes)
+    }
+
+    /// Our own accepts count towards the cached depth at once; the background refresh then
+    /// replaces the estimate with the backend's figure.
+    fn note_accepted(&self, n: u64) {
+        if n > 0 {
+            self.inner.queue_depth.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `POST /webhook/events`.
+pub(crate) async fn post_event(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    match ingest_event(&state, request, started).await {
+        Ok(response) => response,
+        Err(error) => state.refuse(error),
+    }
+}
+
+async fn ingest_event(
+    state: &AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let bytes = state.admit(request).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
+    let hint = id_hint(&value);
+    let mut event =
+        Event::from_value(value).map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
+    event.stamp_received_at(chrono::Utc::now());
+    let queued = QueuedEvent {
+        event_id: event.id.clone(),
+        payload: event.to_json(),
+    };
+
+    let outcomes = backend_call(state.backend().enqueue(vec![queued])).await?;
+    let Some(&outcome) = outcomes.first() else {
+        return Err(ApiError::Unavailable(
+            "backend returned no outcome for the event".into(),
+        ));
+    };
+
+    let local = &state.inner.local;
+    local.received(1);
+    let elapsed = started.elapsed();
+    local.ingest_latency(elapsed);
+    let latency_ms = millis(elapsed);
+    Ok(match outcome {
+        EnqueueOutcome::Accepted => {
+            state.note_accepted(1);
+            tracing::info!(
+                "Event received: {} ({}) - latency: {latency_ms:.2}ms",
+                event.event_type,
+                event.id
+            );
+            let body = Accepted {
+                status: "accepted",
+                event_id: event.id.as_str(),
+                queued_at: format_received_at(chrono::Utc::now()),
+                latency_ms,
+            };
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        EnqueueOutcome::Duplicate => {
+            tracing::info!("Duplicate event ignored: {}", event.id);
+            let body = Ignored {
+                status: "ignored",
+                reason: "duplicate_event",
+                event_id: event.id.as_str(),
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+    })
+}
+
+/// `POST /webhook/batch`.
+pub(crate) async fn post_batch(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    match ingest_batch(&state, request, started).await {
+        Ok(response) => response,
+        Err(error) => state.refuse(error),
+    }
+}
+
+fn invalid_batch(field: &str, problem: &str) -> ApiError {
+    let message = if field.is_empty() {
+        format!("invalid batch: {problem}")
+    } else {
+        format!("invalid batch: {field} {problem}")
+    };
+    ApiError::bad_request("invalid_batch", field, problem, message)
+}
+
+/// The events array of a batch body, checked for shape and size.
+fn batch_events(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
+    let Value::Object(mut body) = value else {
+        return Err(invalid_batch(
+            "",
+            "body must be a JSON object {\"events\": [...]}",
+        ));
+    };
+    let events = match body.remove("events") {
+        Some(Value::Array(events)) => events,
+        None | Some(Value::Null) => {
+            return Err(ApiError::BadRequest {
+                code: "invalid_batch",
+                message: "invalid batch: events is required".into(),
+                details: vec![FieldProblem {
+                    field: "events".into(),
+                    problem: "is required".into(),
+                }],
+                missing: vec!["events".into()],
+            })
+        }
+        Some(_) => return Err(invalid_batch("events", "must be an array of events")),
+    };
+    if events.is_empty() {
+        return Err(invalid_batch("events", "must hold at least one event"));
+    }
+    if events.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "batch holds {} events, more than DAY15_MAX_BATCH_EVENTS ({max})",
+            events.len()
+        )));
+    }
+    Ok(events)
+}
+
+async fn ingest_batch(
+    state: &AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let bytes = state.admit(request).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
+    let events = batch_events(value, state.config().max_batch_events)?;
+    let total_events = events.len();
+
+    let now = chrono::Utc::now();
+    let mut queued = Vec::with_capacity(total_events);
+    let mut kinds: Vec<(String, EventId)> = Vec::with_capacity(total_events);
+    let mut error_details = Vec::new();
+    for (index, value) in events.into_iter().enumerate() {
+        let hint = id_hint(&value);
+        match Event::from_value(value) {
+            Ok(mut event) => {
+                event.stamp_received_at(now);
+                queued.push(QueuedEvent {
+                    event_id: event.id.clone(),
+                    payload: event.to_json(),
+                });
+                kinds.push((event.event_type, event.id));
+            }
+            Err(err) => {
+                let error = err.summary();
+                tracing::warn!(
+                    "Event rejected: batch index {index} ({}): {error}",
+                    hint.as_deref().unwrap_or("no event_id")
+                );
+                error_details.push(BatchError {
+                    index,
+                    event_id: hint,
+                    error,
+                });
+            }
+        }
+    }
+
+    let outcomes = if queued.is_empty() {
+        Vec::new()
+    } else {
+        backend_call(state.backend().enqueue(queued)).await?
+    };
+    if outcomes.len() != kinds.len() {
+        return Err(ApiError::Unavailable(format!(
+            "backend returned {} outcomes for {} events",
+            outcomes.len(),
+            kinds.len()
+        )));
+    }
+
+    let elapsed = started.elapsed();
+    let latency_ms = millis(elapsed);
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    for ((event_type, id), outcome) in kinds.iter().zip(&outcomes) {
+        match outcome {
+            EnqueueOutcome::Accepted => {
+                accepted += 1;
+                tracing::info!("Event received: {event_type} ({id}) - latency: {latency_ms:.2}ms");
+            }
+            EnqueueOutcome::Duplicate => {
+                duplicates += 1;
+                tracing::info!("Duplicate event ignored: {id}");
+            }
+        }
+    }
+    let errors = error_details.len() as u64;
+    let local = &state.inner.local;
+    local.received(accepted + duplicates);
+    local.rejected(errors);
+    local.ingest_latency(elapsed);
+    state.note_accepted(accepted);
+
+    let body = BatchResponse {
+        status: "processed",
+        results: BatchResults {
+            accepted,
+            duplicates,
+            errors,
+        },
+        total_events,
+        latency_ms,
+        error_details,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}

@@ -1,0 +1,360 @@
+//! The webhook receiver: the HTTP API of SPEC §5 on axum.
+//!
+//! [`serve`] takes its configuration, backend, listener and shutdown token as arguments, so the
+//! binary, the orchestrator (in-process with the memory backend) and the tests (port 0) all run
+//! the same server. Requirements and the trade-offs chosen:
+//!
+//! - A 202 means the event is stored: handlers answer only after [`Backend::enqueue`] returned.
+//!   Idempotency is the backend's atomic enqueue, never a check-then-set here.
+//! - The hot path is one backend round trip. Queue depth for load shedding is read from a
+//!   cache refreshed in the background; the webhook's own counters are flushed in the
+//!   background (see [`local_metrics`]).
+//! - Every backend call is bounded by [`BACKEND_TIMEOUT`]: a dead or hung backend yields a 503
+//!   with `Retry-After` within a second, never a hang, and the server recovers by itself.
+//! - Every error body is JSON ([`error::ApiError`]); axum's plain-text rejections and bare
+//!   statuses are rewritten by one response mapper.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use pipeline_core::backend::{Backend, BackendError, BackendResult};
+use pipeline_core::config::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+
+mod admin;
+mod body;
+pub mod dashboard;
+pub mod error;
+mod ingest;
+pub mod local_metrics;
+mod prometheus;
+mod read;
+pub mod signature;
+
+use error::ApiError;
+use local_metrics::LocalMetrics;
+use signature::{SignatureVerifier, WebhookSecret};
+
+/// Longest any backend call may take before the request is answered 503. Below one second so
+/// that a 503 arrives within 1 s even with the rest of the request's work (SPEC §5.1).
+pub const BACKEND_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Longest a whole request may take, body upload included (a slow client gets a 408).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the cached queue depth used for load shedding is refreshed from the backend.
+pub const DEPTH_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Everything a handler needs, shared by all requests (one `Arc` clone per request).
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    /// The validated configuration (limits, tokens, backend name).
+    config: Config,
+    /// The queue and store shared with the consumers.
+    backend: Arc<dyn Backend>,
+    /// Present when DAY15_WEBHOOK_SECRET is set: every ingest request must be signed.
+    verifier: Option<SignatureVerifier>,
+    /// SHA-256 of DAY15_ADMIN_TOKEN; `None` = admin endpoints disabled (403). Comparing
+    /// digests in constant time hides the token's length as well as its content.
+    admin_token_digest: Option<[u8; 32]>,
+    /// Counts not yet flushed to the backend.
+    local: LocalMetrics,
+    /// Last known queue depth (refreshed in the background, bumped by our own accepts), so
+    /// load shedding costs no backend round trip.
+    queue_depth: AtomicU64,
+    /// Unix second of the last capacity warning, so a flood of 429/503 logs once a second.
+    last_capacity_warning: AtomicI64,
+    /// For `uptime_seconds`.
+    started: Instant,
+}
+
+impl AppState {
+    /// Builds the state; fails only on an unusable DAY15_WEBHOOK_SECRET.
+    pub fn new(config: Config, backend: Arc<dyn Backend>) -> Result<Self, signature::SecretError> {
+        let verifier = match config.webhook_secret.as_deref() {
+            Some(secret) => Some(SignatureVerifier::new(
+                WebhookSecret::parse(secret)?,
+                config.signature_tolerance,
+            )),
+            None => None,
+        };
+        let admin_token_digest = config
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(admin::digest);
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                config,
+                backend,
+                verifier,
+                admin_token_digest,
+                local: LocalMetrics::default(),
+                queue_depth: AtomicU64::new(0),
+                last_capacity_warning: AtomicI64::new(0),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    fn uptime_seconds(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+
+    /// Refreshes the cached queue depth from the backend.
+    async fn refresh_depth(&self) -> Result<(), ApiError> {
+        let depths = backend_call(self.backend().depths()).await?;
+        self.inner
+            .queue_depth
+            .store(depths.queue, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes unflushed local counts to the backend; on failure they stay local for the next
+    /// attempt.
+    pub async fn flush(&self) -> Result<(), ApiError> {
+        let _guard = self.inner.local.flush_lock.lock().await;
+        let counts = self.inner.local.take();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        match backend_call(self.backend().record(counts.increments())).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.inner.local.restore(&counts);
+                Err(e)
+            }
+        }
+    }
+
+    /// Logs a 429/503 at most once a second: under overload a line per request would only
+    /// add to the load.
+    fn warn_capacity(&self, error: &ApiError) {
+        let now = chrono::Utc::now().timestamp();
+        let last = self.inner.last_capacity_warning.load(Ordering::Relaxed);
+        if now != last
+            && self
+                .inner
+                .last_capacity_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!("Refusing requests ({}): {error}", error.status().as_u16());
+        }
+    }
+}
+
+/// Runs one backend call under [`BACKEND_TIMEOUT`]; failures and timeouts become a 503.
+pub(crate) async fn backend_call<T>(
+    call: impl Future<Output = BackendResult<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(BACKEND_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::backend(e)),
+        Err(_) => Err(ApiError::backend(BackendError::Unavailable(format!(
+            "no answer within {} ms",
+            BACKEND_TIMEOUT.as_millis()
+        )))),
+    }
+}
+
+/// The whole HTTP API on `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhook/events", post(ingest::post_event))
+        .route("/webhook/batch", post(ingest::post_batch))
+        .route("/health", get(read::health))
+        .route("/stats", get(read::stats))
+        .route("/metrics", get(read::metrics))
+        .route("/analytics", get(read::analytics))
+        .route("/dlq", get(read::dlq_list))
+        .route("/dlq/replay", post(admin::replay))
+        .route("/dlq/purge", post(admin::purge))
+        .route("/dashboard", get(dashboard::page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // Outermost, so it also sees the timeout's bare 408.
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no endpoint at {}", request.uri().path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Rewrites any error response that is not JSON (axum rejections, tower-http limits) into our
+/// JSON error for the same status.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        response
+    } else {
+        ApiError::from_status(status).into_response()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` fires, then stops accepting, finishes the
+/// requests in flight, flushes the local counters and returns.
+pub async fn serve(
+    config: Config,
+    backend: Arc<dyn Backend>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState::new(config, backend).context("invalid webhook configuration")?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the listen address")?;
+    announce(&state, address);
+
+    // Background tasks outlive the HTTP server by design: they stop only after the last
+    // in-flight request finished, so its counts are flushed.
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(refresh_depth_loop(state.clone(), background.clone()));
+    tasks.spawn(flush_loop(state.clone(), background.clone()));
+    tasks.close();
+
+    let listener = listener.tap_io(|tcp| {
+        // Responses are small and written at once; do not let Nagle delay them.
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+
+    background.cancel();
+    tasks.wait().await;
+    if let Err(e) = state.flush().await {
+        tracing::warn!("Could not write the last counters to the backend: {e}");
+    }
+    tracing::info!("Webhook receiver stopped");
+    served.context("HTTP server failed")
+}
+
+fn announce(state: &AppState, address: SocketAddr) {
+    let config = state.config();
+    tracing::info!(
+        "Webhook receiver listening on http://{address} (backend: {}, signatures: {}, admin endpoints: {})",
+        state.backend().name(),
+        if state.inner.verifier.is_some() { "required" } else { "off" },
+        if state.inner.admin_token_digest.is_some() { "on" } else { "off" },
+    );
+    if !address.ip().is_loopback() && config.webhook_secret.is_none() {
+        tracing::warn!(
+            "Listening on {address}, beyond loopback, without DAY15_WEBHOOK_SECRET: anyone who can reach this port can submit events"
+        );
+    }
+}
+
+async fn refresh_depth_loop(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(DEPTH_REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // On stop the pending tick is dropped; nothing is lost.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // A failure keeps the last value; ingest reports the outage itself (503).
+        let _ = state.refresh_depth().await;
+    }
+}
+
+async fn flush_loop(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(local_metrics::FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        // On stop the pending tick is dropped; `serve` flushes once more after the server ends.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.flush().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("Counters are written to the backend again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("Cannot write counters to the backend, keeping them: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[tokio::test]
+    async fn bare_error_statuses_become_json_errors() {
+        for status in [
+            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ] {
+            let bare = Response::builder()
+                .status(status)
+                .body(Body::from("plain text"))
+                .unwrap();
+            let mapped = json_errors(bare).await;
+            assert_eq!(mapped.status(), status);
+            assert_eq!(mapped.headers()[header::CONTENT_TYPE], "application/json");
+            let bytes = axum::body::to_bytes(mapped.into_body(), 4096)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(
+                body["error"].is_string() && body["message"].is_string(),
+                "{body}"
+            );
+        }
+        let ok = Response::new(Body::from("fine"));
+        assert_eq!(json_errors(ok).await.status(), StatusCode::OK);
+    }
+}

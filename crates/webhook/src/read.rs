@@ -1,0 +1,219 @@
+//! Read endpoints (SPEC §5.3): `/health`, `/stats`, `/metrics`, `/analytics`, `/dlq`.
+//!
+//! Figures are pipeline-wide, read from the backend (so they include every webhook and
+//! consumer), plus this process's counts not flushed yet. Every backend read is bounded by
+//! [`BACKEND_TIMEOUT`](crate::BACKEND_TIMEOUT): a dead backend gives a 503, never a hang.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pipeline_core::analytics::{AnalyticsSnapshot, MetricsSnapshot};
+use pipeline_core::backend::{DeadLetter, Depths};
+use pipeline_core::event::format_received_at;
+use pipeline_core::stats::PipelineStats;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, RETRY_AFTER_SECONDS};
+use crate::{backend_call, prometheus, AppState};
+
+#[derive(Serialize)]
+struct Healthy {
+    status: &'static str,
+    backend: &'static str,
+    queue_depth: u64,
+    dlq_depth: u64,
+    timestamp: String,
+    uptime_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct Unhealthy {
+    status: &'static str,
+    reason: String,
+    backend: &'static str,
+    timestamp: String,
+    uptime_seconds: u64,
+}
+
+/// `GET /health`: 200 when the backend answers, 503 with the reason when it does not.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let backend = state.backend().clone();
+    let checked = backend_call(async {
+        backend.ping().await?;
+        backend.depths().await
+    })
+    .await;
+    let timestamp = format_received_at(chrono::Utc::now());
+    match checked {
+        Ok(depths) => Json(Healthy {
+            status: "healthy",
+            backend: backend.name(),
+            queue_depth: depths.queue,
+            dlq_depth: depths.dlq,
+            timestamp,
+            uptime_seconds: state.uptime_seconds(),
+        })
+        .into_response(),
+        Err(e) => {
+            let body = Unhealthy {
+                status: "unhealthy",
+                reason: e.to_string(),
+                backend: backend.name(),
+                timestamp,
+                uptime_seconds: state.uptime_seconds(),
+            };
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            response
+        }
+    }
+}
+
+impl AppState {
+    /// Backend metrics and depths with this process's unflushed counts added, read under the
+    /// flush lock so nothing is counted twice or missed (see [`crate::local_metrics`]).
+    pub(crate) async fn pipeline_figures(&self) -> Result<(MetricsSnapshot, Depths), ApiError> {
+        let read = async {
+            let _guard = self.inner.local.flush_lock.lock().await;
+            let backend = self.backend();
+            let (metrics, depths) = tokio::join!(backend.metrics(), backend.depths());
+            let mut metrics = metrics?;
+            let depths = depths?;
+            metrics.add(&self.inner.local.peek().increments());
+            Ok((metrics, depths))
+        };
+        backend_call(read).await
+    }
+}
+
+#[derive(Serialize)]
+struct StatsBody {
+    #[serde(flatten)]
+    stats: PipelineStats,
+    uptime_seconds: u64,
+}
+
+/// `GET /stats`: [`PipelineStats`] plus this process's uptime.
+pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (metrics, depths) = state.pipeline_figures().await?;
+    let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
+    Ok(Json(StatsBody {
+        stats,
+        uptime_seconds: state.uptime_seconds(),
+    })
+    .into_response())
+}
+
+/// `GET /metrics`: Prometheus text of the same figures; 404 when DAY15_METRICS_ENABLED=false.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.config().metrics_enabled {
+        return Err(ApiError::NotFound(
+            "metrics are disabled (DAY15_METRICS_ENABLED=false)".into(),
+        ));
+    }
+    let (metrics, depths) = state.pipeline_figures().await?;
+    let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
+    let text = prometheus::render(&stats, &metrics, state.uptime_seconds());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(prometheus::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /analytics`: the aggregates of SPEC §6.2.
+pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let metrics = backend_call(state.backend().metrics()).await?;
+    Ok(Json(AnalyticsSnapshot::from_metrics(
+        &metrics,
+        chrono::Utc::now(),
+    ))
+    .into_response())
+}
+
+/// Default and largest page of `/dlq`.
+pub const DLQ_DEFAULT_LIMIT: usize = 50;
+pub const DLQ_MAX_LIMIT: usize = 1000;
+
+/// Raw query of `/dlq`; numbers are parsed by hand so a bad value gets a clear 400.
+#[derive(Deserialize)]
+pub(crate) struct DlqParams {
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DlqPage {
+    entries: Vec<DeadLetter>,
+    total: u64,
+    limit: usize,
+    offset: usize,
+}
+
+fn parse_param(
+    name: &str,
+    value: Option<&str>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => {
+            let problem = if *range.end() == usize::MAX {
+                format!("must be an integer >= {}", range.start())
+            } else {
+                format!(
+                    "must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                )
+            };
+            Err(ApiError::bad_request(
+                "invalid_parameter",
+                name,
+                problem.clone(),
+                format!("{name}={text:?}: {problem}"),
+            ))
+        }
+    }
+}
+
+/// `GET /dlq?limit=&offset=`: dead letters, oldest first.
+pub(crate) async fn dlq_list(
+    State(state): State<AppState>,
+    params: Result<Query<DlqParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request("invalid_parameter", "", e.body_text(), e.body_text())
+    })?;
+    let limit = parse_param(
+        "limit",
+        params.limit.as_deref(),
+        DLQ_DEFAULT_LIMIT,
+        1..=DLQ_MAX_LIMIT,
+    )?;
+    let offset = parse_param("offset", params.offset.as_deref(), 0, 0..=usize::MAX)?;
+    let backend = state.backend();
+    let (entries, depths) = backend_call(async {
+        let (entries, depths) = tokio::join!(backend.dlq_list(limit, offset), backend.depths());
+        Ok((entries?, depths?))
+    })
+    .await?;
+    Ok(Json(DlqPage {
+        entries,
+        total: depths.dlq,
+        limit,
+        offset,
+    })
+    .into_response())
+}

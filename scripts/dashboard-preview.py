@@ -8,8 +8,9 @@ AnalyticsSnapshot and PipelineStats.
 
     python3 scripts/dashboard-preview.py [--port 8099] [--empty] [--seed 7]
 
---empty serves a pipeline that never saw an event (the page's empty state). Stopping and
-starting the script again shows the page reconnecting. Only a development aid: nothing
+--empty starts with a pipeline that never saw an event (the page's empty state) and adds no
+events by itself; POST /webhook/events (the page's curl command) adds one of the posted type.
+Stopping and starting the script again shows the page reconnecting. Only a development aid: nothing
 in the build or the tests uses it.
 """
 
@@ -55,8 +56,8 @@ class Pipeline:
                     self.apply(minute)
             self.dlq_depth = 3
 
-    def apply(self, minute):
-        rng, t = self.rng, pick(self.rng, TYPES)
+    def apply(self, minute, event_type=None):
+        rng, t = self.rng, event_type or pick(self.rng, TYPES)
         user = f"user_{rng.randint(1, 5000):04d}"
         self.processed += 1
         self.received += 1
@@ -180,6 +181,17 @@ def handler(pipeline):
                     time.sleep(1)
             except (BrokenPipeError, ConnectionResetError):
                 pass
+
+        def do_POST(self):
+            try:
+                event = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                event_type = str(event["event_type"])
+            except (ValueError, KeyError, TypeError):
+                return self.send(400, "application/json", b'{"error":"invalid_event"}')
+            with pipeline.lock:
+                pipeline.apply(int(time.time() // 60), event_type)
+                pipeline.version += 1
+            self.send(202, "application/json", b'{"status":"accepted"}')
 
         def log_message(self, *args):
             pass

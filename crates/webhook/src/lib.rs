@@ -83,6 +83,9 @@ struct Shared {
     last_capacity_warning: AtomicI64,
     /// For `uptime_seconds`.
     started: Instant,
+    /// Fired when the server shuts down, so endless responses (the analytics stream) end and
+    /// graceful shutdown does not wait on them.
+    streams_stop: CancellationToken,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
                 queue_depth: AtomicU64::new(0),
                 last_capacity_warning: AtomicI64::new(0),
                 started: Instant::now(),
+                streams_stop: CancellationToken::new(),
             }),
         })
     }
@@ -120,6 +124,11 @@ impl AppState {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
+    }
+
+    /// Resolves once the server is shutting down.
+    pub(crate) fn streams_stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.inner.streams_stop.cancelled()
     }
 
     fn uptime_seconds(&self) -> u64 {
@@ -195,6 +204,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq", get(read::dlq_list))
         .route("/dlq/replay", post(admin::replay))
         .route("/dlq/purge", post(admin::purge))
+        .route("/analytics/stream", get(dashboard::stream))
         .route("/dashboard", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -259,8 +269,13 @@ pub async fn serve(
         // Responses are small and written at once; do not let Nagle delay them.
         let _ = tcp.set_nodelay(true);
     });
+    let streams_stop = state.inner.streams_stop.clone();
+    let stopping = async move {
+        shutdown.cancelled().await;
+        streams_stop.cancel();
+    };
     let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(stopping)
         .await;
 
     background.cancel();

@@ -289,3 +289,49 @@ async fn the_server_stops_on_its_token_and_flushes_its_counters() {
     assert_eq!(m.counter(counters::RECEIVED), 2);
     assert_eq!(m.counter(counters::REJECTED), 1);
 }
+
+/// Reads the stream until one whole `snapshot` event arrived; returns its data.
+async fn next_snapshot(response: &mut reqwest::Response, buffer: &mut String) -> Value {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if block.contains("event: snapshot") {
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                return serde_json::from_str(&data).unwrap();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("a snapshot within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn analytics_stream_sends_a_snapshot_at_once_and_again_after_a_change() {
+    let server = ServerHandle::start().await;
+    let mut stream = server.get("/analytics/stream").await;
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut buffer = String::new();
+    let first = next_snapshot(&mut stream, &mut buffer).await;
+    assert_eq!(first["stats"]["accepted"], 0);
+    assert_eq!(first["analytics"]["events_processed"], 0);
+
+    server.post("/webhook/events", &event("evt_stream")).await;
+    let second = next_snapshot(&mut stream, &mut buffer).await;
+    assert_eq!(second["stats"]["accepted"], 1);
+    assert_eq!(second["stats"]["queue_depth"], 1);
+
+    // An open stream does not hold up shutdown.
+    server.stop().await.unwrap();
+}

@@ -54,7 +54,11 @@ impl BackendHealth {
     /// Records a failed call; returns how long to wait before the next one.
     fn failed(&mut self, error: &BackendError) -> Duration {
         if self.down_since.is_none() {
-            tracing::error!("Backend unavailable: {error} (retrying with backoff)");
+            let cause = match error {
+                BackendError::Unavailable(cause) => cause.clone(),
+                other => other.to_string(),
+            };
+            tracing::error!("Backend unavailable: {cause} (retrying with backoff)");
             self.down_since = Some(Instant::now());
         }
         self.backoff.next_delay()

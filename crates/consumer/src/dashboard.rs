@@ -3,7 +3,7 @@
 //!
 //! Best effort by design: a slow or dead dashboard must never slow or fail event processing.
 //! The batch loop hands its document to a bounded channel with `try_send` and moves on; one
-//! background task POSTs the documents in order with a short timeout. When the channel is
+//! background sender POSTs the documents in order with a short timeout. When the channel is
 //! full the document is dropped and counted. Failures are counted, and logged only when the
 //! dashboard's state changes (reachable → failing → reachable), never once per batch.
 //!
@@ -134,7 +134,7 @@ impl BatchDeltas {
     }
 }
 
-/// Counters shared between the batch loop and the sender task.
+/// Counters shared between the batch loop and the background sender.
 #[derive(Debug, Default)]
 struct Counters {
     posted: AtomicU64,
@@ -162,7 +162,7 @@ pub struct DashboardPublisher {
 }
 
 impl DashboardPublisher {
-    /// Starts the sender task for `url`.
+    /// Starts the background sender for `url`.
     pub fn start(url: &str) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(url)
             .with_context(|| format!("DAY15_DASHBOARD_API_URL is not a valid URL: {url}"))?;

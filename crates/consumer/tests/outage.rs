@@ -112,7 +112,7 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
         failures: AtomicU64::new(0),
     });
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(consumer::run(config, flaky.clone(), shutdown.clone()));
+    let running = tokio::spawn(consumer::run(config, flaky.clone(), shutdown.clone()));
 
     // Phase 1: claims fail. The consumer keeps trying (it does not exit) and says so once.
     enqueue(&memory, vec![signup("evt_1", "u1", json!({}))]).await;
@@ -120,7 +120,10 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
         flaky.failures.load(Ordering::SeqCst) >= 4
     })
     .await;
-    assert!(!task.is_finished(), "an outage must not end the consumer");
+    assert!(
+        !running.is_finished(),
+        "an outage must not end the consumer"
+    );
     flaky.claims_down.store(false, Ordering::SeqCst);
     counter_reaches(&memory, counters::PROCESSED, 1).await;
 
@@ -132,7 +135,7 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
     assert_eq!(flaky.failures.load(Ordering::SeqCst), before + 2);
 
     shutdown.cancel();
-    let stats = tokio::time::timeout(DEADLINE, task)
+    let stats = tokio::time::timeout(DEADLINE, running)
         .await
         .unwrap()
         .unwrap()

@@ -86,16 +86,16 @@ pub async fn metrics(backend: &Arc<MemoryBackend>) -> MetricsSnapshot {
 /// A consumer running in-process; dropping it requests shutdown.
 pub struct RunningConsumer {
     shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<ProcessingStats>>>,
+    running: Option<JoinHandle<anyhow::Result<ProcessingStats>>>,
 }
 
 pub fn start(config: Config, backend: &Arc<MemoryBackend>) -> RunningConsumer {
     let shutdown = CancellationToken::new();
     let backend: Arc<dyn Backend> = backend.clone();
-    let task = tokio::spawn(consumer::run(config, backend, shutdown.clone()));
+    let running = tokio::spawn(consumer::run(config, backend, shutdown.clone()));
     RunningConsumer {
         shutdown,
-        task: Some(task),
+        running: Some(running),
     }
 }
 
@@ -103,11 +103,11 @@ impl RunningConsumer {
     /// Requests shutdown and returns the consumer's result.
     pub async fn stop(mut self) -> anyhow::Result<ProcessingStats> {
         self.shutdown.cancel();
-        let task = self.task.take().expect("stopped once");
-        tokio::time::timeout(DEADLINE, task)
+        let running = self.running.take().expect("stopped once");
+        tokio::time::timeout(DEADLINE, running)
             .await
             .expect("consumer stops within the deadline")
-            .expect("consumer task does not panic")
+            .expect("consumer does not panic")
     }
 }
 

@@ -1,0 +1,273 @@
+//! The claim → decide → settle loop.
+//!
+//! Each turn claims up to DAY15_BATCH_SIZE events (blocking only while the queue is empty, and
+//! woken at once by an enqueue), optionally lingers for a fuller batch, decides every event
+//! without waiting on anything, and settles the whole batch with one backend call. That call
+//! is where acks, scheduled retries, dead letters and the exactly-once analytics effects are
+//! applied atomically.
+//!
+//! A backend outage never kills the loop: calls are retried with capped backoff, and the
+//! outage is logged once when it starts and once when it ends. A settle that keeps failing is
+//! retried until it succeeds; at shutdown it gets a few last tries and is then abandoned,
+//! which is safe: the unsettled events come back after their lease and the backend applies
+//! each effect at most once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use pipeline_core::backend::{Backend, BackendError, Delivery, Settlement};
+use pipeline_core::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::dashboard::{BatchDeltas, DashboardPublisher};
+use crate::handlers::{decide, HandlerSettings};
+use crate::retry::OutageBackoff;
+use crate::stats::ProcessingStats;
+
+/// How often the `PROCESSING STATISTICS` block is logged.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest wait on an empty queue, so DAY15_BATCH_TIMEOUT_SECONDS=0 does not spin.
+const MIN_CLAIM_WAIT: Duration = Duration::from_millis(50);
+/// Settle attempts made after shutdown was requested before the batch is left to its lease.
+const FINAL_SETTLE_ATTEMPTS: u32 = 3;
+/// Pause between those last attempts.
+const FINAL_SETTLE_PAUSE: Duration = Duration::from_millis(200);
+/// How long queued dashboard updates may still be sent at shutdown.
+const DASHBOARD_GRACE: Duration = Duration::from_secs(3);
+
+/// Tracks whether the backend answers, so an outage is logged once per state change.
+struct BackendHealth {
+    /// When the current outage began; `None` while the backend answers.
+    down_since: Option<Instant>,
+    backoff: OutageBackoff,
+}
+
+impl BackendHealth {
+    fn new() -> Self {
+        BackendHealth {
+            down_since: None,
+            backoff: OutageBackoff::new(),
+        }
+    }
+
+    /// Records a failed call; returns how long to wait before the next one.
+    fn failed(&mut self, error: &BackendError) -> Duration {
+        if self.down_since.is_none() {
+            let cause = match error {
+                BackendError::Unavailable(cause) => cause.clone(),
+                other => other.to_string(),
+            };
+            tracing::error!("Backend unavailable: {cause} (retrying with backoff)");
+            self.down_since = Some(Instant::now());
+        }
+        self.backoff.next_delay()
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(since) = self.down_since.take() {
+            tracing::info!(
+                "Backend available again after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+            self.backoff.reset();
+        }
+    }
+}
+
+/// One consumer: its settings, its backend handle and its local statistics.
+pub struct Consumer {
+    backend: Arc<dyn Backend>,
+    /// Unique among consumers sharing the backend; names the leases it holds.
+    name: String,
+    batch_size: usize,
+    batch_timeout: Duration,
+    batch_linger: Duration,
+    settings: HandlerSettings,
+    stats: ProcessingStats,
+    health: BackendHealth,
+    /// `Some` when DAY15_DASHBOARD_UPDATE_ENABLED.
+    dashboard: Option<DashboardPublisher>,
+}
+
+impl Consumer {
+    /// Prepares a consumer; fails only when the dashboard client cannot be built.
+    pub fn new(config: &Config, backend: Arc<dyn Backend>, name: String) -> anyhow::Result<Self> {
+        let dashboard = if config.dashboard_update_enabled {
+            Some(DashboardPublisher::start(&config.dashboard_api_url)?)
+        } else {
+            None
+        };
+        Ok(Consumer {
+            backend,
+            stats: ProcessingStats::new(name.clone()),
+            name,
+            batch_size: config.batch_size,
+            batch_timeout: config.batch_timeout.max(MIN_CLAIM_WAIT),
+            batch_linger: config.batch_linger,
+            settings: HandlerSettings::from_config(config),
+            health: BackendHealth::new(),
+            dashboard,
+        })
+    }
+
+    /// Runs until `shutdown` fires: the batch in hand is finished and settled, statistics are
+    /// logged and returned.
+    pub async fn run(mut self, shutdown: CancellationToken) -> ProcessingStats {
+        let mut next_report = Instant::now() + STATS_INTERVAL;
+        while !shutdown.is_cancelled() {
+            // Never sleep past the next statistics report on an idle queue.
+            let until_report = next_report.saturating_duration_since(Instant::now());
+            let wait = self.batch_timeout.min(until_report).max(MIN_CLAIM_WAIT);
+            let batch = self.claim(wait, &shutdown).await;
+            if !batch.is_empty() {
+                self.process(batch, &shutdown).await;
+            }
+            if Instant::now() >= next_report {
+                self.refresh_dashboard_counts();
+                self.stats.log();
+                next_report = Instant::now() + STATS_INTERVAL;
+            }
+        }
+        if let Some(dashboard) = self.dashboard.take() {
+            self.stats.dashboard = Some(dashboard.close(DASHBOARD_GRACE).await);
+        }
+        tracing::info!("Consumer {} stopped", self.name);
+        self.stats.log();
+        self.stats
+    }
+
+    fn refresh_dashboard_counts(&mut self) {
+        if let Some(d) = &self.dashboard {
+            self.stats.dashboard = Some(d.counts());
+        }
+    }
+
+    /// Claims one batch, lingering for a fuller one when configured. Returns empty on an
+    /// idle queue, at shutdown, or after a failed call (having waited out its backoff).
+    async fn claim(&mut self, wait: Duration, shutdown: &CancellationToken) -> Vec<Delivery> {
+        let mut batch = match self
+            .backend
+            .claim_batch(&self.name, self.batch_size, wait, shutdown)
+            .await
+        {
+            Ok(batch) => {
+                self.health.succeeded();
+                batch
+            }
+            Err(e) => {
+                let pause = self.health.failed(&e);
+                // Shutdown wins over the pause; nothing is held while pausing.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                return Vec::new();
+            }
+        };
+        if batch.is_empty() || batch.len() >= self.batch_size || self.batch_linger.is_zero() {
+            return batch;
+        }
+        let deadline = Instant::now() + self.batch_linger;
+        while batch.len() < self.batch_size && !shutdown.is_cancelled() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self
+                .backend
+                .claim_batch(&self.name, self.batch_size - batch.len(), left, shutdown)
+                .await
+            {
+                Ok(more) if more.is_empty() => break,
+                Ok(more) => batch.extend(more),
+                Err(e) => {
+                    // Process what is already leased rather than wait on an outage.
+                    self.health.failed(&e);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Decides every event of the batch, settles them in one call, then counts and reports.
+    async fn process(&mut self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
+        tracing::info!("Processing batch of {} events", batch.len());
+        let mut deltas = self
+            .dashboard
+            .as_ref()
+            .map(|_| BatchDeltas::new(&self.name));
+        let mut settlements = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let decision = decide(delivery, &self.settings, Utc::now());
+            if let Some(deltas) = deltas.as_mut() {
+                let effect = match &decision.settlement {
+                    Settlement::Ack { effect, .. } => effect.as_ref(),
+                    _ => None,
+                };
+                deltas.record(&decision.outcome, effect);
+            }
+            outcomes.push(decision.outcome);
+            settlements.push(decision.settlement);
+        }
+
+        if !self.settle(settlements, shutdown).await {
+            self.stats.unsettled_batches += 1;
+            tracing::warn!(
+                "Batch of {} events left unsettled at shutdown: it will be delivered again after the visibility timeout",
+                outcomes.len()
+            );
+            return;
+        }
+
+        self.stats.batches += 1;
+        let mut success = 0;
+        for outcome in &outcomes {
+            self.stats.record(outcome);
+            if outcome.is_success() {
+                success += 1;
+            }
+        }
+        tracing::info!(
+            "Batch complete: {success} success, {} failed",
+            outcomes.len() - success
+        );
+        if let (Some(dashboard), Some(mut deltas)) = (self.dashboard.as_mut(), deltas) {
+            deltas.timestamp = pipeline_core::event::format_received_at(Utc::now());
+            dashboard.publish(deltas);
+        }
+    }
+
+    /// Settles the batch, retrying through an outage. Returns false only when shutdown was
+    /// requested and the last attempts failed too.
+    async fn settle(&mut self, settlements: Vec<Settlement>, shutdown: &CancellationToken) -> bool {
+        let mut final_attempts = 0;
+        loop {
+            // The copy is what a failed call gives back: `settle` consumes its input.
+            match self.backend.settle(settlements.clone()).await {
+                Ok(()) => {
+                    self.health.succeeded();
+                    return true;
+                }
+                Err(e) => {
+                    let pause = self.health.failed(&e);
+                    if shutdown.is_cancelled() {
+                        final_attempts += 1;
+                        if final_attempts >= FINAL_SETTLE_ATTEMPTS {
+                            return false;
+                        }
+                        tokio::time::sleep(FINAL_SETTLE_PAUSE).await;
+                    } else {
+                        // Shutdown cuts the pause short; the loop then makes its last tries.
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -21,8 +21,8 @@ struct Entry {
     payload: String,
     /// Failed attempts so far.
     failures: u32,
-    /// Claim token of the current lease, if leased.
-    lease: Option<u64>,
+    /// Claim token and expiry (epoch ms) of the current lease, if leased.
+    lease: Option<(u64, i64)>,
 }
 
 #[derive(Default)]
@@ -81,8 +81,10 @@ impl State {
             }
             self.leased.pop_first();
             if let Some(e) = self.entries.get_mut(&key) {
-                e.lease = None;
-                self.ready.push_back(key);
+                if e.lease.is_some_and(|(_, u)| u == until) {
+                    e.lease = None;
+                    self.ready.push_back(key);
+                }
             }
         }
         while let Some(&(due, key)) = self.delayed.first() {
@@ -100,11 +102,20 @@ impl State {
     fn leased_entry(&self, handle: &str) -> Option<(u64, u64)> {
         let (key, token) = handle.split_once(':')?;
         let (key, token) = (key.parse().ok()?, token.parse().ok()?);
-        (self.entries.get(&key)?.lease == Some(token)).then_some((key, token))
+        (self.entries.get(&key)?.lease?.0 == token).then_some((key, token))
+    }
+
+    /// Ends the lease of an entry, if any.
+    fn unlease(&mut self, key: u64) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            if let Some((_, until)) = e.lease.take() {
+                self.leased.remove(&(until, key));
+            }
+        }
     }
 
     fn release(&mut self, key: u64) -> Option<Entry> {
-        self.leased.retain(|(_, k)| *k != key);
+        self.unlease(key);
         self.entries.remove(&key)
     }
 }
@@ -151,7 +162,7 @@ impl MemoryBackend {
             let Some(e) = st.entries.get_mut(&key) else {
                 continue;
             };
-            e.lease = Some(token);
+            e.lease = Some((token, lease_until));
             out.push(Delivery {
                 handle: format!("{key}:{token}"),
                 event_id: e.event_id.clone(),
@@ -285,9 +296,8 @@ impl Backend for MemoryBackend {
                     let Some((key, _)) = st.leased_entry(&delivery.handle) else {
                         continue;
                     };
-                    st.leased.retain(|(_, k)| *k != key);
+                    st.unlease(key);
                     if let Some(e) = st.entries.get_mut(&key) {
-                        e.lease = None;
                         e.failures = delivery.attempt;
                     }
                     st.delayed.insert((epoch_millis(not_before), key));

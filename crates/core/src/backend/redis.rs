@@ -161,11 +161,30 @@ pub struct RedisBackend {
     keys: Keys,
     options: BackendOptions,
     scripts: Scripts,
-    /// Where the next `XAUTOCLAIM` scan of the pending-entries list starts, so a long list is
-    /// walked over successive claims instead of rescanning its head. Never held across `.await`.
-    autoclaim_cursor: Mutex<String>,
+    /// Progress of the search for expired leases. Never held across `.await`.
+    autoclaim: Mutex<AutoclaimState>,
     /// The URL without its password, for messages.
     redacted_url: String,
+}
+
+/// Where the `XAUTOCLAIM` walk over the pending-entries list stands.
+///
+/// Scanning the whole list on every claim costs Redis time proportional to the work in flight,
+/// while a lease can only expire with time passing; so a full walk starts at most every
+/// [`autoclaim_interval`] and, once started, continues claim by claim until it wraps around.
+struct AutoclaimState {
+    /// Where the next scan starts (`0-0`: a fresh walk).
+    cursor: String,
+    /// When the next fresh walk may start.
+    next_scan: tokio::time::Instant,
+}
+
+const AUTOCLAIM_START: &str = "0-0";
+
+/// How often a fresh walk for expired leases starts: a quarter of the visibility timeout, so
+/// redelivery comes at most that late, within 10 ms .. 1 s.
+fn autoclaim_interval(visibility_timeout: Duration) -> Duration {
+    (visibility_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// A failed Redis call: the Redis error, or no answer within [`CALL_DEADLINE`].
@@ -266,7 +285,10 @@ impl RedisBackend {
             keys: Keys::new(prefix),
             options,
             scripts: Scripts::new(),
-            autoclaim_cursor: Mutex::new("0-0".into()),
+            autoclaim: Mutex::new(AutoclaimState {
+                cursor: AUTOCLAIM_START.into(),
+                next_scan: tokio::time::Instant::now(),
+            }),
             redacted_url,
         };
         backend
@@ -313,11 +335,12 @@ impl RedisBackend {
         consumer: &str,
         max: usize,
     ) -> Result<(Vec<Delivery>, Option<i64>), CallError> {
-        let cursor = self
-            .autoclaim_cursor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let now_instant = tokio::time::Instant::now();
+        let (scan, cursor) = {
+            let st = self.autoclaim.lock().unwrap_or_else(|p| p.into_inner());
+            let scan = st.cursor != AUTOCLAIM_START || now_instant >= st.next_scan;
+            (scan, st.cursor.clone())
+        };
         let now = epoch_millis(SystemTime::now());
         let mut inv = self.scripts.claim.prepare_invoke();
         inv.key(&self.keys.stream)
@@ -328,17 +351,19 @@ impl RedisBackend {
             .arg(self.options.visibility_timeout.as_millis() as u64)
             .arg(now)
             .arg(&cursor)
-            .arg(PROMOTE_PER_CLAIM);
+            .arg(PROMOTE_PER_CLAIM)
+            .arg(if scan { "1" } else { "0" });
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
         let mut items = reply.into_iter();
         let next_cursor = items.next().and_then(|v| text(&v));
         let next_due = items.next().and_then(|v| integer(&v)).filter(|d| *d >= 0);
-        if let Some(next_cursor) = next_cursor {
-            *self
-                .autoclaim_cursor
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = next_cursor;
+        if let (true, Some(next_cursor)) = (scan, next_cursor) {
+            let mut st = self.autoclaim.lock().unwrap_or_else(|p| p.into_inner());
+            if next_cursor == AUTOCLAIM_START {
+                st.next_scan = now_instant + autoclaim_interval(self.options.visibility_timeout);
+            }
+            st.cursor = next_cursor;
         }
         let rest: Vec<Value> = items.collect();
         let mut out = Vec::with_capacity(rest.len() / 5);
@@ -453,7 +478,7 @@ impl RedisBackend {
             .arg(self.keys.metric_prefix())
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
-            .arg(self.options.idempotency_ttl.as_millis() as u64)
+            .arg(self.options.idempotency_ttl.as_millis().max(1) as u64)
             .arg(now)
             .arg(maps::COUNTERS)
             .arg(counters::FAILED)

@@ -17,6 +17,7 @@
 -- ARGV[5]  now, epoch ms
 -- ARGV[6]  XAUTOCLAIM cursor (start of the pending-list scan)
 -- ARGV[7]  maximum retries to move back per call
+-- ARGV[8]  '1' to look for expired leases (XAUTOCLAIM) in this call, '0' to skip that step
 -- Returns  { next XAUTOCLAIM cursor, due time of the next waiting retry in ms or -1,
 --            then 5 values per delivery: entry id, delivery count, event id, payload, failures }
 
@@ -51,15 +52,17 @@ local function push(entry_id, deliveries, fields)
 end
 
 local claimed = 0
-local auto = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[4], ARGV[6], 'COUNT', max)
-out[1] = auto[1]
-for _, entry in ipairs(auto[2]) do
-  -- An entry deleted while pending comes back without fields; nothing to deliver.
-  if entry and entry[2] then
-    local p = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
-    if #p == 1 then
-      push(entry[1], p[1][4], entry[2])
-      claimed = claimed + 1
+if ARGV[8] == '1' then
+  local auto = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[4], ARGV[6], 'COUNT', max)
+  out[1] = auto[1]
+  for _, entry in ipairs(auto[2]) do
+    -- An entry deleted while pending comes back without fields; nothing to deliver.
+    if entry and entry[2] then
+      local p = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
+      if #p == 1 then
+        push(entry[1], p[1][4], entry[2])
+        claimed = claimed + 1
+      end
     end
   end
 end

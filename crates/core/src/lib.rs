@@ -11,3 +11,5 @@ pub mod latency;
 pub mod logging;
 pub mod runtime;
 pub mod stats;
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -223,10 +223,9 @@ pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
                 .await?;
             return Err(BackendError::Failed("sqlite backend not built yet".into()));
         }
-        BackendKind::Redis => {
-            redis::RedisBackend::connect(&config.redis_url, &config.key_prefix, options).await?;
-            return Err(BackendError::Failed("redis backend not built yet".into()));
-        }
+        BackendKind::Redis => Arc::new(
+            redis::RedisBackend::connect(&config.redis_url, &config.key_prefix, options).await?,
+        ),
     })
 }
 

@@ -1,0 +1,38 @@
+-- enqueue.lua: store each event whose id was not seen within the idempotency TTL.
+--
+-- The duplicate mark and the stream entry are written together, so an id is either marked and
+-- queued or neither. Ids repeated inside the batch are duplicates after their first occurrence
+-- (the SET NX of the first one makes the later ones fail).
+--
+-- KEYS[1]  the stream
+-- KEYS[2]  the counters metric map (sorted set)
+-- KEYS[3]  the registry of metric map names (set)
+-- ARGV[1]  prefix of the duplicate-mark keys ("{p}:seen:")
+-- ARGV[2]  idempotency TTL in milliseconds
+-- ARGV[3]  name of the counters map (added to the registry)
+-- ARGV[4]  counter field for accepted events
+-- ARGV[5]  counter field for duplicates
+-- ARGV[6…] pairs: event id, payload
+-- Returns  an array with one integer per event, in order: 1 accepted, 0 duplicate.
+
+local outcomes = {}
+local accepted, duplicates = 0, 0
+for i = 6, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[2]) then
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'payload', ARGV[i + 1], 'failures', '0')
+    accepted = accepted + 1
+    outcomes[#outcomes + 1] = 1
+  else
+    duplicates = duplicates + 1
+    outcomes[#outcomes + 1] = 0
+  end
+end
+if accepted > 0 then
+  redis.call('ZINCRBY', KEYS[2], accepted, ARGV[4])
+end
+if duplicates > 0 then
+  redis.call('ZINCRBY', KEYS[2], duplicates, ARGV[5])
+end
+redis.call('SADD', KEYS[3], ARGV[3])
+return outcomes

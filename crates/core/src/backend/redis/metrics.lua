@@ -1,0 +1,30 @@
+-- metrics.lua: read every metric map in one consistent snapshot.
+--
+-- Map names come from the registry set, so no SCAN is needed. Names whose map no longer exists
+-- (expired per-minute maps) are removed from the registry.
+--
+-- KEYS[1]  the registry of metric map names (set)
+-- ARGV[1]  prefix of the metric map keys ("{p}:m:")
+-- ARGV[2]  name of the distinct-count map (only its size is returned)
+-- ARGV[3]  name of the ranked map (only its top entries are returned)
+-- ARGV[4]  how many top entries of the ranked map
+-- Returns  a flat array of pairs: map name, then either the size (distinct-count map) or an
+--          array of field, score, field, score, … (ranked map: largest first).
+
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. name
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('SREM', KEYS[1], name)
+  elseif name == ARGV[2] then
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('ZCARD', key)
+  elseif name == ARGV[3] then
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('ZREVRANGE', key, 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+  else
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  end
+end
+return out

@@ -1,0 +1,173 @@
+//! Test support (feature `testkit`): a private, throwaway `redis-server`.
+//!
+//! Tests never use a shared Redis: each starts its own server on a free port, with no
+//! persistence and its data directory in a temp dir, and the server dies with the value.
+//! Where `redis-server` is not installed the tests that need it are skipped — except under
+//! `CI=true`, where a missing server is an error, so a CI run can never pass by skipping.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to answer `PING`.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child process owned by a test.
+pub struct RedisServer {
+    /// Fixed for the server's life, so `restart` comes back where clients expect it.
+    port: u16,
+    /// The running server; `None` between `stop` and `restart`.
+    child: Option<Child>,
+    /// Holds the server's working directory until the server is gone.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    ///
+    /// `Ok(None)` (after printing why) when `redis-server` is not installed, unless the
+    /// environment variable `CI` is `true`: then that is an `Err`.
+    pub fn start() -> Result<Option<RedisServer>, String> {
+        match Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    return Err(
+                        "redis-server is not installed, and CI=true forbids skipping \
+                                the tests that need it"
+                            .into(),
+                    );
+                }
+                eprintln!("skipping: redis-server not installed");
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("cannot run redis-server: {e}")),
+        }
+        // Another process may take the free port between our probe and the server's bind;
+        // then try another.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir: None,
+            };
+            match server.launch() {
+                Ok(()) => return Ok(Some(server)),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(format!("redis-server did not start: {last_error}"))
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (by its PID) and waits for it to exit. Its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.dir = None;
+    }
+
+    /// A fresh, empty server on the same port (like a Redis restarted without persistence).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            match self.launch() {
+                Ok(()) => return Ok(()),
+                // The old socket may need a moment to be released.
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("redis-server did not restart: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir for redis-server: {e}"))?;
+        let mut child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            // Checked first so a server that failed to bind is never mistaken for one that
+            // answers (another process may hold the port).
+            let exited = child.try_wait().map_err(|e| e.to_string())?;
+            if let Some(status) = exited {
+                return Err(format!(
+                    "redis-server on port {} exited at start ({status})",
+                    self.port
+                ));
+            }
+            if ping(self.port) {
+                self.child = Some(child);
+                self.dir = Some(dir);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "redis-server on port {} did not answer PING within {START_DEADLINE:?}",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("no free port for redis-server: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port for redis-server: {e}"))
+}
+
+/// Whether a server on `port` answers `PING` with `+PONG`.
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}

@@ -1,0 +1,238 @@
+//! The backend conformance suite, and Redis-specific behaviour (lost consumer group, outage,
+//! key layout), each test against its own `redis-server` on a free port.
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use common::conformance::{backend_conformance, Harness};
+use pipeline_core::backend::redis::RedisBackend;
+use pipeline_core::backend::*;
+use pipeline_core::event::EventId;
+use pipeline_core::testkit::RedisServer;
+
+/// One server per test; `open` takes a fresh key prefix on it, `reopen` the last one again.
+struct RedisHarness {
+    server: RedisServer,
+    /// Prefix of the last `open`.
+    prefix: Mutex<String>,
+}
+
+static PREFIXES: AtomicU64 = AtomicU64::new(0);
+
+impl RedisHarness {
+    /// `None` (the test is skipped) when redis-server is not installed and CI is not set.
+    fn start() -> Option<RedisHarness> {
+        let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"))?;
+        Some(RedisHarness {
+            server,
+            prefix: Mutex::new("t0".into()),
+        })
+    }
+
+    async fn backend(&self, prefix: &str, options: BackendOptions) -> RedisBackend {
+        RedisBackend::connect(&self.server.url(), prefix, options)
+            .await
+            .unwrap()
+    }
+}
+
+#[async_trait]
+impl Harness for RedisHarness {
+    async fn open(&self, options: BackendOptions) -> Arc<dyn Backend> {
+        let prefix = format!("t{}", PREFIXES.fetch_add(1, Ordering::Relaxed));
+        *self.prefix.lock().unwrap() = prefix.clone();
+        Arc::new(self.backend(&prefix, options).await)
+    }
+
+    async fn reopen(&self, options: BackendOptions) -> Arc<dyn Backend> {
+        let prefix = self.prefix.lock().unwrap().clone();
+        Arc::new(self.backend(&prefix, options).await)
+    }
+}
+
+backend_conformance!(match RedisHarness::start() {
+    Some(h) => h,
+    None => return,
+});
+
+fn ev(id: &str) -> QueuedEvent {
+    QueuedEvent {
+        event_id: EventId::parse(id).unwrap(),
+        payload: format!(r#"{{"event_id":"{id}","event_type":"user_signup"}}"#),
+    }
+}
+
+async fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Claims until something arrives or `deadline` passes, retrying through errors.
+async fn claim_eventually(b: &RedisBackend, deadline: Duration) -> Vec<Delivery> {
+    let start = Instant::now();
+    loop {
+        if let Ok(got) = b
+            .claim_batch(
+                "c1",
+                10,
+                Duration::from_millis(200),
+                &CancellationToken::new(),
+            )
+            .await
+        {
+            if !got.is_empty() {
+                return got;
+            }
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "nothing claimed in {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_consumer_group_is_recreated_and_work_continues() {
+    let Some(h) = RedisHarness::start() else {
+        return;
+    };
+    let b = h.backend("nogroup", BackendOptions::default()).await;
+    b.enqueue(vec![ev("before")]).await.unwrap();
+    // Redis lost everything (restarted without persistence): stream and group are gone.
+    redis_cli(&h.server, &["FLUSHALL"]).await;
+    assert_eq!(
+        b.enqueue(vec![ev("after")]).await.unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+    let got = claim_eventually(&b, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_id.as_str(), "after");
+    b.settle(vec![Settlement::Ack {
+        delivery: got[0].clone(),
+        effect: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(b.depths().await.unwrap().queue, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_gives_unavailable_fast_and_the_same_backend_recovers() {
+    let Some(mut h) = RedisHarness::start() else {
+        return;
+    };
+    let b = h.backend("outage", BackendOptions::default()).await;
+    b.enqueue(vec![ev("one")]).await.unwrap();
+
+    h.server.stop();
+    // The first call finds the dead connection, later ones find reconnection refused: both fast.
+    for attempt in ["first", "second"] {
+        let started = Instant::now();
+        let err = b.enqueue(vec![ev("two")]).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::Unavailable(_)),
+            "an unreachable redis is Unavailable (503), got {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{attempt} enqueue must fail fast when redis is down, took {:?}",
+            started.elapsed()
+        );
+    }
+
+    h.server.restart().unwrap();
+    let start = Instant::now();
+    loop {
+        match b.enqueue(vec![ev("three")]).await {
+            Ok(out) => {
+                assert_eq!(out, [EnqueueOutcome::Accepted]);
+                break;
+            }
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no reconnect after restart: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = claim_eventually(&b, Duration::from_secs(15)).await;
+    assert_eq!(got[0].event_id.as_str(), "three");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_shares_the_prefix_hash_tag() {
+    let Some(h) = RedisHarness::start() else {
+        return;
+    };
+    let b = h
+        .backend(
+            "tagged",
+            BackendOptions {
+                visibility_timeout: Duration::from_millis(100),
+                ..BackendOptions::default()
+            },
+        )
+        .await;
+    b.enqueue(vec![ev("k1"), ev("k2"), ev("k3")]).await.unwrap();
+    let got = claim_eventually(&b, Duration::from_secs(10)).await;
+    let mut settle = Vec::new();
+    for d in got {
+        settle.push(match d.event_id.as_str() {
+            "k1" => Settlement::Ack {
+                effect: Some(pipeline_core::analytics::Effect {
+                    event_id: d.event_id.clone(),
+                    increments: vec![pipeline_core::analytics::Increment::new(
+                        &pipeline_core::analytics::maps::per_minute(1),
+                        "user_signup",
+                        1.0,
+                    )],
+                }),
+                delivery: d,
+            },
+            "k2" => Settlement::Retry {
+                delivery: d,
+                not_before: std::time::SystemTime::now() + Duration::from_secs(60),
+                error: "later".into(),
+            },
+            _ => Settlement::DeadLetter {
+                delivery: d,
+                reason: FailureReason::Permanent,
+                error: "bad".into(),
+            },
+        });
+    }
+    b.settle(settle).await.unwrap();
+    b.metrics().await.unwrap();
+
+    let keys = redis_cli(&h.server, &["--scan"]).await;
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    for expected in [
+        "{tagged}:stream",
+        "{tagged}:retry",
+        "{tagged}:dlq",
+        "{tagged}:maps",
+        "{tagged}:seen:k1",
+        "{tagged}:processed:k1",
+        "{tagged}:m:counters",
+    ] {
+        assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+    }
+    for k in &keys {
+        assert!(k.starts_with("{tagged}:"), "key outside the hash tag: {k}");
+    }
+    let ttl = redis_cli(&h.server, &["TTL", "{tagged}:m:epm:0000000001"]).await;
+    let ttl: i64 = ttl.trim().parse().unwrap();
+    assert!(ttl > 0, "per-minute maps expire (TTL {ttl})");
+}

@@ -19,6 +19,7 @@ use pipeline_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
 pub mod batch;
+pub mod cli;
 pub mod dashboard;
 pub mod dlq;
 pub mod handlers;

@@ -11,8 +11,14 @@ use pipeline_core::config::{Config, ConfigArgs, RawSettings};
 use pipeline_core::runtime::exit;
 
 pub mod banner;
+pub mod in_process;
 pub mod preflight;
 pub mod supervisor;
+
+/// First argument that makes the orchestrator's executable run as the webhook.
+pub const WEBHOOK_ROLE: &str = "__webhook";
+/// First argument that makes the orchestrator's executable run as a consumer.
+pub const CONSUMER_ROLE: &str = "__consumer";
 
 /// Runs the orchestrator and returns the process exit code.
 pub fn main_entry(args: ConfigArgs, check_only: bool) -> i32 {
@@ -52,6 +58,9 @@ pub fn main_entry(args: ConfigArgs, check_only: bool) -> i32 {
 
 async fn run(raw: RawSettings, config: Config) -> i32 {
     print!("{}", banner::banner(&config));
+    if config.queue_backend == pipeline_core::config::BackendKind::Memory {
+        return in_process::run(config).await;
+    }
     if let Err(message) = preflight::check_backend(&config).await {
         tracing::error!("{message}");
         eprintln!("{message}");

@@ -17,6 +17,21 @@ struct Cli {
 }
 
 fn main() {
+    // Run as a child role when started that way by an orchestrator whose sibling binaries are
+    // missing (see `supervisor::program_for`).
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_default();
+    match args.next().as_deref().and_then(|a| a.to_str()) {
+        Some(orchestrator::WEBHOOK_ROLE) => {
+            let rest = std::iter::once(program).chain(args);
+            std::process::exit(webhook::cli::main(rest));
+        }
+        Some(orchestrator::CONSUMER_ROLE) => {
+            let rest = std::iter::once(program).chain(args);
+            std::process::exit(consumer::cli::main(rest));
+        }
+        _ => {}
+    }
     let cli = Cli::parse();
     std::process::exit(orchestrator::main_entry(cli.config, cli.check));
 }

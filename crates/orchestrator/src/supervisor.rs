@@ -71,30 +71,34 @@ struct Launcher {
     exits: mpsc::Sender<Exited>,
 }
 
-/// The program file of a role: the sibling binary beside the orchestrator's own executable.
-pub fn program_path(role: Role) -> Result<PathBuf, String> {
+/// How to start a role: the sibling binary beside the orchestrator's own executable when it
+/// is there and not older than the orchestrator (so a stale build is never mixed in), else the
+/// orchestrator's own executable in that role (`cargo run --bin orchestrator` builds only it).
+pub fn program_for(role: Role) -> Result<(PathBuf, Vec<&'static str>), String> {
     let me = std::env::current_exe()
         .map_err(|e| format!("cannot locate the orchestrator's own executable: {e}"))?;
-    let dir = me
-        .parent()
-        .ok_or_else(|| format!("{} has no parent directory", me.display()))?;
-    let path = dir.join(role.binary());
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "the {} binary was not found at {} — build every binary with `cargo build --release --workspace`",
-            role.binary(),
-            path.display()
-        ))
+    let sibling = me.with_file_name(role.binary());
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&sibling), modified(&me)) {
+        (Some(theirs), Some(mine)) => theirs >= mine,
+        _ => false,
+    };
+    if sibling.is_file() && fresh {
+        return Ok((sibling, Vec::new()));
     }
+    let flag = match role {
+        Role::Webhook => crate::WEBHOOK_ROLE,
+        Role::Consumer => crate::CONSUMER_ROLE,
+    };
+    Ok((me, vec![flag]))
 }
 
 impl Launcher {
     fn start(&self, index: usize, slot: &mut Slot) -> Result<(), String> {
-        let program = program_path(slot.role)?;
+        let (program, args) = program_for(slot.role)?;
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.envs(self.env.iter().cloned())
+        cmd.args(args)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())

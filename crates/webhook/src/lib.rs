@@ -36,6 +36,7 @@ use tower_http::timeout::TimeoutLayer;
 
 mod admin;
 mod body;
+pub mod cli;
 pub mod dashboard;
 pub mod error;
 mod ingest;

@@ -287,3 +287,63 @@ async fn reopening_a_current_file_keeps_its_schema_and_data() {
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
 }
+
+#[tokio::test]
+async fn dropping_the_backend_closes_the_file_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite3");
+    let b = open_at(&path, BackendOptions::default()).await;
+    b.enqueue(vec![ev("kept")]).await.unwrap();
+    let wal = dir.path().join("queue.sqlite3-wal");
+    assert!(wal.exists(), "WAL mode while open");
+    drop(b);
+    // SQLite checkpoints and removes the WAL when the last connection closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend's threads must close their connections once it is dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = open_at(&path, BackendOptions::default()).await;
+    assert_eq!(b.depths().await.unwrap().queue, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_changes_nothing_and_leaves_other_work_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite3");
+    let b = open_at(&path, BackendOptions::default()).await;
+    // A row this build cannot read back (an empty event id), as a damaged file might hold.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO queue (event_id, payload, failures, visible_at) VALUES ('', '{}', 0, 0)",
+            [],
+        )
+        .unwrap();
+    let err = b
+        .claim_batch("c1", 10, Duration::ZERO, &CancellationToken::new())
+        .await
+        .expect_err("the unreadable row fails the claim");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    // The failed claim leased nothing: the row is still visible to the next claim.
+    let next_visible: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT visible_at FROM queue WHERE event_id = ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(next_visible, 0);
+    assert_eq!(
+        b.enqueue(vec![ev("fine")]).await.unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+    assert_eq!(b.depths().await.unwrap().queue, 2);
+}

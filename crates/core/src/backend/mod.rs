@@ -218,11 +218,10 @@ pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
     let options = BackendOptions::from_config(config);
     Ok(match config.queue_backend {
         BackendKind::Memory => Arc::new(memory::MemoryBackend::new(options)),
-        BackendKind::Sqlite => {
+        BackendKind::Sqlite => Arc::new(
             sqlite::SqliteBackend::open(&config.sqlite_path, config.sqlite_synchronous, options)
-                .await?;
-            return Err(BackendError::Failed("sqlite backend not built yet".into()));
-        }
+                .await?,
+        ),
         BackendKind::Redis => Arc::new(
             redis::RedisBackend::connect(&config.redis_url, &config.key_prefix, options).await?,
         ),

@@ -253,7 +253,7 @@ fn ceil_millis(t: SystemTime) -> i64 {
 /// another process is taken within about a millisecond, for up to [`BUSY_TIMEOUT`] in all.
 /// (SQLite's own `busy_timeout` sleeps up to 100 ms per step, which stalls a busy pipeline.)
 fn wait_for_lock(prior_calls: i32) -> bool {
-    const FINE_STEPS: i32 = 100;
+    const FINE_STEPS: i32 = 2_000;
     const FINE: Duration = Duration::from_micros(100);
     const COARSE: Duration = Duration::from_millis(1);
     let coarse_steps =

@@ -107,18 +107,24 @@ impl WebhookClient {
         })
     }
 
-    pub fn base(&self) -> &Url {
-        &self.base
+    /// The base URL as shown to users: `http://127.0.0.1:5015`, without a trailing slash.
+    pub fn base_text(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_string()
     }
 
-    /// The absolute URL of `path` (which starts with `/`).
+    /// The absolute URL of `path` (which starts with `/` and may carry a `?query`).
     pub fn endpoint(&self, path: &str) -> Url {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
         let mut url = self.base.clone();
         url.set_path(&format!(
             "{}{}",
             self.base.path().trim_end_matches('/'),
             path
         ));
+        url.set_query(query);
         url
     }
 
@@ -232,11 +238,11 @@ impl WebhookClient {
         match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(Unreachable {
-                url: self.base.to_string(),
+                url: self.base_text(),
                 reason,
             }),
             Err(_) => Err(Unreachable {
-                url: self.base.to_string(),
+                url: self.base_text(),
                 reason: format!("no answer within {} ms", PROBE_TIMEOUT.as_millis()),
             }),
         }
@@ -326,6 +332,10 @@ mod tests {
         assert_eq!(
             client.endpoint("/stats").as_str(),
             "http://example.test:8080/pipeline/stats"
+        );
+        assert_eq!(
+            client.endpoint("/dlq?limit=5&offset=10").as_str(),
+            "http://example.test:8080/pipeline/dlq?limit=5&offset=10"
         );
     }
 

@@ -115,14 +115,14 @@ pub async fn run(cli: Cli) -> i32 {
     if !common.json {
         println!(
             "Event generator → {} (seed {seed}; --seed {seed} repeats these events)",
-            ctx.client.base()
+            ctx.client.base_text()
         );
     }
     let outcomes = scenarios::run_many(&ctx, &scenarios, common.json).await;
     let summary = Summary::of(&outcomes);
     if common.json {
         let doc = json!({
-            "url": ctx.client.base().to_string(),
+            "url": ctx.client.base_text(),
             "seed": seed,
             "scenarios": outcomes,
             "summary": summary,

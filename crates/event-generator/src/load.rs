@@ -4,6 +4,8 @@
 //! the requests before it, and its latency is measured from that *scheduled* time. When the
 //! webhook stalls, requests queue up behind the `C` workers and their waiting counts as latency;
 //! measuring from the actual send time instead would hide the stall (coordinated omission).
+//! A request whose worker was idle and waiting for its slot is measured from its actual send
+//! instead, so the timer's millisecond granularity is not billed to the webhook.
 //! Closed loop (`--rate 0`): each worker sends its next request as soon as the last one was
 //! answered, which finds the maximum throughput; latency is then measured from the send.
 //!
@@ -204,12 +206,18 @@ async fn worker(shared: Arc<Shared>, client: WebhookClient, mut factory: EventFa
         if shared.end.is_some_and(|end| scheduled >= end) {
             break;
         }
+        // Where this request's latency starts. Behind schedule, the scheduled time: the
+        // wait was caused by earlier slow answers and must count. Ahead of it, the actual
+        // send: the timer wakes up to a millisecond late, and that lateness is the
+        // generator's, not the webhook's.
+        let mut measured_from = scheduled;
         if scheduled > Instant::now() {
             // On cancellation the request that was waiting for its slot is never sent.
             tokio::select! {
                 _ = shared.cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(scheduled.into()) => {}
             }
+            measured_from = Instant::now();
         } else if shared.cancel.is_cancelled() {
             break;
         }
@@ -236,7 +244,7 @@ async fn worker(shared: Arc<Shared>, client: WebhookClient, mut factory: EventFa
             _ = shared.cancel.cancelled() => break,
             result = answer => result,
         };
-        let latency = scheduled.elapsed();
+        let latency = measured_from.elapsed();
         tally.requests += 1;
         tally.events_sent += events as u64;
         shared.live.requests.fetch_add(1, Ordering::Relaxed);
@@ -332,7 +340,8 @@ pub struct LoadReport {
     pub concurrency: usize,
     pub batch_size: usize,
     /// Where each latency starts: the scheduled send time (open loop, free of coordinated
-    /// omission) or the actual send time (closed loop).
+    /// omission; the actual send when the worker had been idle) or the actual send time
+    /// (closed loop).
     pub latency_measured_from: &'static str,
     /// Ctrl+C stopped the run early.
     pub interrupted: bool,
@@ -576,7 +585,7 @@ fn build_report(
         concurrency: plan.concurrency,
         batch_size: plan.batch_size,
         latency_measured_from: if plan.rate.is_some() {
-            "scheduled send time"
+            "scheduled send time (actual send time when the worker was idle)"
         } else {
             "actual send time"
         },
@@ -639,15 +648,18 @@ fn print_report(r: &LoadReport) {
         "latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3}, {} samples)",
         l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean, l.count
     );
-    println!(
-        "           measured from each request's {}{}",
-        r.latency_measured_from,
-        if r.mode == "open_loop" {
-            ", so a stall counts for every request it delayed (no coordinated omission)"
-        } else {
-            " (closed loop: the rate adapts to the server)"
-        }
-    );
+    if r.mode == "open_loop" {
+        println!(
+            "           measured from each request's scheduled send time (its actual send when a \
+             worker was idle), so a stall counts for every request it delayed: no coordinated \
+             omission"
+        );
+    } else {
+        println!(
+            "           measured from each request's actual send (closed loop: the rate adapts to \
+             the server)"
+        );
+    }
     if let Some(lag) = r.max_schedule_lag_ms {
         if lag > 100.0 {
             println!(

@@ -177,3 +177,25 @@ async fn the_default_url_comes_from_the_configured_webhook_port() {
         "localhost is reached as 127.0.0.1: {run}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_2_listing_the_problem() {
+    let run = run_generator(&["basic"], &[("DAY15_WEBHOOK_PORT", "not-a-port")]).await;
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("DAY15_WEBHOOK_PORT"), "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_webhook_is_reported_as_json_when_asked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = run_generator(&["load", "--url", &url, "--json"], &[]).await;
+    assert_eq!(run.code, Some(2), "{run}");
+    let doc = run.json();
+    assert_eq!(doc["error"], "unreachable");
+    assert_eq!(doc["url"], url.as_str());
+}

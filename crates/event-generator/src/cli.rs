@@ -36,7 +36,8 @@ pub struct CommonArgs {
     /// Print one machine-readable JSON document on stdout instead of text
     #[arg(long, global = true)]
     pub json: bool,
-    /// How long end-to-end checks wait for the pipeline to process events (10, 30s, 2m)
+    /// How long end-to-end checks (scenarios, load --verify) wait for the pipeline to process
+    /// what it accepted (10, 30s, 2m)
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
     /// Read DAY15_* variables from this file instead of config/.env

@@ -91,6 +91,26 @@ fn sample_events_are_processed_and_sigterm_stops_everything_with_exit_0() {
         "{log}"
     );
     assert!(log.contains("PROCESSING STATISTICS"), "{log}");
+    // Three processes appended to one file: every line is whole and in the original's shape.
+    for line in log.lines() {
+        assert!(is_log_line(line), "torn or malformed log line: {line:?}");
+    }
+}
+
+/// `2025-12-16 19:30:15,234 - webhook - INFO - message`
+fn is_log_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    let stamp_ok = b.len() > 26
+        && b[4] == b'-'
+        && b[10] == b' '
+        && b[19] == b','
+        && line[..23].bytes().filter(u8::is_ascii_digit).count() == 17;
+    let mut parts = line.get(23..).unwrap_or("").splitn(4, " - ");
+    stamp_ok
+        && parts.next() == Some("")
+        && matches!(parts.next(), Some("webhook" | "consumer" | "orchestrator"))
+        && matches!(parts.next(), Some("DEBUG" | "INFO" | "WARNING" | "ERROR"))
+        && parts.next().is_some()
 }
 
 #[test]

@@ -352,9 +352,9 @@ pub fn check_applied(
         .filter(|id| !ledger.sent.contains(*id))
         .collect();
 
-    let analytics = p.get("/analytics");
-    let stats = p.stats();
-    let health = p.health();
+    let analytics = p.get_ok("/analytics");
+    let stats = p.get_ok("/stats");
+    let health = p.get_ok("/health");
     let mut notes = Vec::from([
         ("resent".to_string(), ledger.resent.to_string()),
         (

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pipeline_core::analytics::MetricsSnapshot;
-use pipeline_core::backend;
+use pipeline_core::backend::{self, BackendError};
 use pipeline_core::config::{BackendKind, Config};
 pub use pipeline_core::testkit::RedisServer;
 use serde_json::Value;
@@ -20,6 +20,9 @@ mod load;
 // Not every test file sends load.
 #[allow(unused_imports)]
 pub use load::*;
+
+/// How long a read of the figures may keep failing on a loaded machine.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A built binary of the workspace, beside the test executable's `deps/` folder.
 pub fn bin(name: &str) -> PathBuf {
@@ -209,7 +212,16 @@ impl Pipeline {
         )
     }
 
-    fn with_backend<const N: usize>(dir: tempfile::TempDir, backend: [(&str, String); N]) -> Self {
+    fn with_backend<const N: usize>(
+        mut dir: tempfile::TempDir,
+        backend: [(&str, String); N],
+    ) -> Self {
+        // KEEP_TEST_DIRS=1 keeps each pipeline's folder (outputs, log, SQLite file) for a
+        // post-mortem; run with `--nocapture` to see where they are.
+        if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("pipeline folder kept: {}", dir.path().display());
+        }
         let port = free_port();
         let log = dir.path().join("pipeline.log");
         let vars = backend.into_iter().chain([
@@ -259,6 +271,7 @@ impl Pipeline {
     }
 
     /// Every metric map, read straight from the backend the pipeline's processes share.
+    /// A read the backend refuses as unavailable (a timeout on a loaded machine) is retried.
     pub fn backend_metrics(&self) -> MetricsSnapshot {
         let config = self.backend_config();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -267,7 +280,29 @@ impl Pipeline {
             .expect("tokio runtime");
         rt.block_on(async {
             let backend = backend::connect(&config).await.expect("open the backend");
-            backend.metrics().await.expect("read the metrics")
+            let deadline = Instant::now() + READ_DEADLINE;
+            loop {
+                match backend.metrics().await {
+                    Ok(m) => return m,
+                    Err(BackendError::Unavailable(e)) if Instant::now() < deadline => {
+                        eprintln!("metrics read refused, retrying: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("read the metrics: {e}"),
+                }
+            }
+        })
+    }
+
+    /// A read endpoint's JSON, retried until it answers 200 (under load a backend read may
+    /// time out and answer 503, as it should).
+    pub fn get_ok(&self, path: &str) -> Value {
+        eventually(&format!("GET {path} to answer 200"), READ_DEADLINE, || {
+            let r = self.http.get(self.url(path)).send().ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json().ok()
         })
     }
 

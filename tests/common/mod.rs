@@ -10,7 +10,19 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pipeline_core::analytics::MetricsSnapshot;
+use pipeline_core::backend::{self, BackendError};
+use pipeline_core::config::{BackendKind, Config};
+pub use pipeline_core::testkit::RedisServer;
 use serde_json::Value;
+
+mod load;
+// Not every test file sends load.
+#[allow(unused_imports)]
+pub use load::*;
+
+/// How long a read of the figures may keep failing on a loaded machine.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A built binary of the workspace, beside the test executable's `deps/` folder.
 pub fn bin(name: &str) -> PathBuf {
@@ -130,6 +142,35 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// Live processes whose working directory is `dir` (every process a pipeline starts runs in
+/// its temp dir, and the orchestrator's children inherit it): what would be left orphaned.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// The last `bytes` of a file (less at its start), for watching a busy process's output.
+pub fn tail(path: &Path, bytes: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// The command line of a process, for telling children apart.
 pub fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -149,28 +190,120 @@ impl Pipeline {
     /// A sqlite pipeline with quick test settings (short batch timeout and retry delays).
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let db = dir.path().join("queue.sqlite3");
+        Self::with_backend(
+            dir,
+            [
+                ("DAY15_QUEUE_BACKEND", "sqlite".to_string()),
+                ("DAY15_SQLITE_PATH", db.display().to_string()),
+            ],
+        )
+    }
+
+    /// A pipeline on the test's own `redis-server`, with the same quick test settings.
+    pub fn redis(server: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::with_backend(
+            dir,
+            [
+                ("DAY15_QUEUE_BACKEND", "redis".to_string()),
+                ("DAY15_REDIS_URL", server.url()),
+            ],
+        )
+    }
+
+    fn with_backend<const N: usize>(
+        mut dir: tempfile::TempDir,
+        backend: [(&str, String); N],
+    ) -> Self {
+        // KEEP_TEST_DIRS=1 keeps each pipeline's folder (outputs, log, SQLite file) for a
+        // post-mortem; run with `--nocapture` to see where they are.
+        if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("pipeline folder kept: {}", dir.path().display());
+        }
+        let port = free_port();
         let log = dir.path().join("pipeline.log");
-        let vars = vec![
-            ("DAY15_QUEUE_BACKEND", "sqlite".to_string()),
-            ("DAY15_SQLITE_PATH", db.display().to_string()),
+        let vars = backend.into_iter().chain([
             ("DAY15_WEBHOOK_PORT", port.to_string()),
             ("DAY15_LOG_FILE", log.display().to_string()),
             ("DAY15_BATCH_TIMEOUT_SECONDS", "1".to_string()),
             ("DAY15_RETRY_DELAY_SECONDS", "0.05".to_string()),
             ("DAY15_VISIBILITY_TIMEOUT_SECONDS", "2".to_string()),
             ("DAY15_SHUTDOWN_TIMEOUT_SECONDS", "10".to_string()),
-        ];
+        ]);
         Pipeline {
             dir,
             port,
-            vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            vars: vars.map(|(k, v)| (k.to_string(), v)).collect(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// The backend settings of this pipeline, as its processes resolve them (the test process
+    /// itself can then open the same queue through the backend API).
+    pub fn backend_config(&self) -> Config {
+        let mut config = Config::defaults();
+        let var = |name: &str| {
+            self.vars
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        config.queue_backend = match var("DAY15_QUEUE_BACKEND").as_deref() {
+            Some("redis") => BackendKind::Redis,
+            Some("memory") => BackendKind::Memory,
+            _ => BackendKind::Sqlite,
+        };
+        if let Some(path) = var("DAY15_SQLITE_PATH") {
+            config.sqlite_path = path.into();
+        }
+        if let Some(url) = var("DAY15_REDIS_URL") {
+            config.redis_url = url;
+        }
+        if let Some(prefix) = var("DAY15_KEY_PREFIX") {
+            config.key_prefix = prefix;
+        }
+        config
+    }
+
+    /// Every metric map, read straight from the backend the pipeline's processes share.
+    /// A read the backend refuses as unavailable (a timeout on a loaded machine) is retried.
+    pub fn backend_metrics(&self) -> MetricsSnapshot {
+        let config = self.backend_config();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let backend = backend::connect(&config).await.expect("open the backend");
+            let deadline = Instant::now() + READ_DEADLINE;
+            loop {
+                match backend.metrics().await {
+                    Ok(m) => return m,
+                    Err(BackendError::Unavailable(e)) if Instant::now() < deadline => {
+                        eprintln!("metrics read refused, retrying: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("read the metrics: {e}"),
+                }
+            }
+        })
+    }
+
+    /// A read endpoint's JSON, retried until it answers 200 (under load a backend read may
+    /// time out and answer 503, as it should).
+    pub fn get_ok(&self, path: &str) -> Value {
+        eventually(&format!("GET {path} to answer 200"), READ_DEADLINE, || {
+            let r = self.http.get(self.url(path)).send().ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json().ok()
+        })
     }
 
     /// Sets (or replaces) one variable for every process started afterwards.
@@ -247,6 +380,17 @@ impl Pipeline {
 
     pub fn stats(&self) -> Value {
         self.get("/stats")
+    }
+
+    pub fn health(&self) -> Value {
+        self.get("/health")
+    }
+
+    /// Polls `/health` until nothing is queued, in flight or waiting for a retry.
+    pub fn wait_queue_empty(&self, timeout: Duration) {
+        eventually("/health queue_depth == 0", timeout, || {
+            (self.health()["queue_depth"].as_u64()? == 0).then_some(())
+        });
     }
 
     /// Polls `/stats` until `field` reaches `at_least`.

@@ -1,7 +1,10 @@
 //! Test support (feature `testkit`): a private, throwaway `redis-server`.
 //!
-//! Tests never use a shared Redis: each starts its own server on a free port, with no
-//! persistence and its data directory in a temp dir, and the server dies with the value.
+//! Tests never use a shared Redis: each starts its own server on a free port, with its data
+//! directory in a temp dir, and the server dies with the value. [`RedisServer::start`] gives a
+//! server without persistence (a restart comes back empty); [`RedisServer::start_persistent`]
+//! one that writes every command to its append-only file before answering, so a kill and
+//! restart lose nothing it acknowledged — what an outage test needs to check "nothing lost".
 //! Where `redis-server` is not installed the tests that need it are skipped — except under
 //! `CI=true`, where a missing server is an error, so a CI run can never pass by skipping.
 
@@ -19,8 +22,11 @@ pub struct RedisServer {
     port: u16,
     /// The running server; `None` between `stop` and `restart`.
     child: Option<Child>,
-    /// Holds the server's working directory until the server is gone.
+    /// Holds the server's working directory until the server is gone (or, when persistent,
+    /// until the value is dropped, so a restart finds the data).
     dir: Option<tempfile::TempDir>,
+    /// `appendonly yes` + `appendfsync always`, and the directory is kept across restarts.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -29,6 +35,17 @@ impl RedisServer {
     /// `Ok(None)` (after printing why) when `redis-server` is not installed, unless the
     /// environment variable `CI` is `true`: then that is an `Err`.
     pub fn start() -> Result<Option<RedisServer>, String> {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), but every write is fsynced to an append-only file before
+    /// Redis answers, and [`stop`](Self::stop) + [`restart`](Self::restart) keep the data:
+    /// a crash of the server loses nothing it acknowledged.
+    pub fn start_persistent() -> Result<Option<RedisServer>, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Result<Option<RedisServer>, String> {
         match Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -58,6 +75,7 @@ impl RedisServer {
                 port,
                 child: None,
                 dir: None,
+                persistent,
             };
             match server.launch() {
                 Ok(()) => return Ok(Some(server)),
@@ -76,16 +94,20 @@ impl RedisServer {
         self.port
     }
 
-    /// Kills the server (by its PID) and waits for it to exit. Its data is gone.
+    /// Kills the server (SIGKILL, by its PID) and waits for it to exit. Its data is gone,
+    /// unless the server is persistent: then its append-only file waits for `restart`.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.dir = None;
+        if !self.persistent {
+            self.dir = None;
+        }
     }
 
-    /// A fresh, empty server on the same port (like a Redis restarted without persistence).
+    /// A server on the same port: fresh and empty (like a Redis restarted without
+    /// persistence), or, when persistent, with everything it had acknowledged.
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
         let deadline = Instant::now() + START_DEADLINE;
@@ -102,13 +124,25 @@ impl RedisServer {
     }
 
     fn launch(&mut self) -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temp dir for redis-server: {e}"))?;
+        let dir = match self.dir.take() {
+            Some(kept) => kept,
+            None => tempfile::tempdir().map_err(|e| format!("temp dir for redis-server: {e}"))?,
+        };
+        let data_dir = dir.path().to_path_buf();
+        // Kept even when this launch fails, so a persistent server's data is never dropped.
+        self.dir = Some(dir);
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let mut child = Command::new("redis-server")
             .arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -127,7 +161,6 @@ impl RedisServer {
             }
             if ping(self.port) {
                 self.child = Some(child);
-                self.dir = Some(dir);
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -661,9 +661,12 @@ fn settle(c: &Connection, ctx: &Ctx<'_>, settlements: Vec<Settlement>) -> StoreR
     for s in settlements {
         match s {
             Settlement::Ack { delivery, effect } => {
-                if let Some((id, _)) = parse_handle(&delivery.handle) {
-                    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-                        .execute([id])?;
+                // Only the lease this delivery holds: row ids are reused once the newest row
+                // is deleted, so after a lost lease `id` alone may name a newer event. A row
+                // leased to someone else meanwhile stays; its ack then applies nothing again.
+                if let Some((id, token)) = parse_handle(&delivery.handle) {
+                    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND claim_token = ?2")?
+                        .execute(params![id, token])?;
                 }
                 if let Some(effect) = effect {
                     let fresh = c.prepare_cached(MARK_PROCESSED)?.execute(params![

@@ -43,6 +43,7 @@ macro_rules! backend_conformance {
             dead_letter_list_replay_and_purge,
             effect_is_applied_once_under_redelivery,
             stale_settlement_after_lost_lease_is_ignored,
+            stale_ack_never_removes_a_newer_event,
             second_handle_sees_the_same_queue,
             metrics_record_and_shape,
         );
@@ -467,6 +468,37 @@ pub async fn stale_settlement_after_lost_lease_is_ignored(h: &dyn Harness) {
     );
     b.settle(vec![ack(current, true)]).await.unwrap();
     assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+}
+
+/// A consumer whose lease ran out acks late, after the event was redelivered, acked, and a
+/// new event was enqueued: the late ack must remove nothing but its own lease (a store that
+/// reuses row ids once the newest row is gone would otherwise drop the new event unapplied).
+pub async fn stale_ack_never_removes_a_newer_event(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            visibility_timeout: Duration::from_millis(300),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("first")]).await.unwrap();
+    let slow = claim(&b, 1, 0).await.remove(0);
+    let fast = eventually("redelivery", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move { claim(&b, 1, 100).await.pop() }
+    })
+    .await;
+    b.settle(vec![ack(fast, true)]).await.unwrap();
+    b.enqueue(vec![ev("second")]).await.unwrap();
+    b.settle(vec![ack(slow, true)]).await.unwrap();
+    assert_eq!(
+        b.depths().await.unwrap().queue,
+        1,
+        "the late ack removed the newer event"
+    );
+    let next = claim(&b, 10, 1000).await;
+    let ids: Vec<&str> = next.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["second"]);
+    assert_eq!(counter(&b, counters::PROCESSED).await, 1);
 }
 
 pub async fn second_handle_sees_the_same_queue(h: &dyn Harness) {

@@ -46,6 +46,7 @@ mod read;
 pub mod signature;
 
 use error::ApiError;
+pub use ingest::{parse_batch, RefusedEvent};
 use local_metrics::LocalMetrics;
 use signature::{SignatureVerifier, WebhookSecret};
 

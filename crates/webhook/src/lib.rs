@@ -216,6 +216,8 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outermost, so it also sees the timeout's bare 408.
         .layer(axum::middleware::map_response(json_errors))
+        // Sees every answer, routing errors included.
+        .layer(axum::middleware::from_fn(body::close_when_body_unread))
         .with_state(state)
 }
 

@@ -6,9 +6,24 @@
 //! limit works like tower-http's `RequestBodyLimitLayer`: a declared `Content-Length` above it
 //! is refused before reading, and a body that turns out longer than declared or than the limit
 //! is cut off at the limit.
+//!
+//! A request answered before its body was read to the end (415, 413, 404, 405, …) leaves the
+//! rest of that body on the connection, so hyper closes the connection after the answer. Unless
+//! the answer says so, a client that pools connections sends its next request on that
+//! connection and gets a transport error instead of an answer. [`close_when_body_unread`]
+//! therefore marks such answers `Connection: close`.
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Version};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
 use http_body_util::LengthLimitError;
 
 use crate::error::ApiError;
@@ -79,6 +94,60 @@ pub async fn read_limited(
             "the request body could not be read",
         )
     })
+}
+
+/// A request body that records when it has been read to the end.
+struct EndTracked {
+    inner: Body,
+    /// Set once the last frame has been taken.
+    ended: Arc<AtomicBool>,
+}
+
+impl HttpBody for EndTracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: answers to HTTP/1 requests whose body was not read to the end carry
+/// `Connection: close`, so clients do not reuse a connection the server is about to close.
+pub async fn close_when_body_unread(request: Request, next: Next) -> Response {
+    if request.version() > Version::HTTP_11 || request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    let tracked = ended.clone();
+    let request = request.map(|inner| {
+        Body::new(EndTracked {
+            inner,
+            ended: tracked,
+        })
+    });
+    let mut response = next.run(request).await;
+    if !ended.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]

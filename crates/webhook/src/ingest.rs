@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::backend::{EnqueueOutcome, QueuedEvent};
-use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem};
+use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem, ValidationError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -236,23 +236,54 @@ fn batch_events(value: Value, max: usize) -> Result<Vec<Value>, ApiError> {
     Ok(events)
 }
 
+/// One element of a batch that failed validation.
+#[derive(Debug)]
+pub struct RefusedEvent {
+    /// Position in the `events` array.
+    pub index: usize,
+    /// The element's `event_id` when it had a string one, to name it in the answer.
+    pub event_id: Option<String>,
+    pub error: ValidationError,
+}
+
+/// Parses a `POST /webhook/batch` body: the whole request is refused (400/413) when it is not
+/// a JSON object with 1..=`max_events` events; otherwise every element is judged on its own,
+/// in order. Pure (no clock, no backend), so it can be fuzzed and property-tested directly.
+pub fn parse_batch(
+    bytes: &[u8],
+    max_events: usize,
+) -> Result<Vec<Result<Event, RefusedEvent>>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(ApiError::invalid_json)?;
+    let events = batch_events(value, max_events)?;
+    Ok(events
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let event_id = id_hint(&value);
+            Event::from_value(value).map_err(|error| RefusedEvent {
+                index,
+                event_id,
+                error,
+            })
+        })
+        .collect())
+}
+
 async fn ingest_batch(
     state: &AppState,
     request: Request,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = state.admit(request).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
-    let events = batch_events(value, state.config().max_batch_events)?;
-    let total_events = events.len();
+    let judged = parse_batch(&bytes, state.config().max_batch_events)?;
+    let total_events = judged.len();
 
     let now = chrono::Utc::now();
     let mut queued = Vec::with_capacity(total_events);
     let mut kinds: Vec<(String, EventId)> = Vec::with_capacity(total_events);
     let mut error_details = Vec::new();
-    for (index, value) in events.into_iter().enumerate() {
-        let hint = id_hint(&value);
-        match Event::from_value(value) {
+    for item in judged {
+        match item {
             Ok(mut event) => {
                 event.stamp_received_at(now);
                 queued.push(QueuedEvent {
@@ -261,15 +292,16 @@ async fn ingest_batch(
                 });
                 kinds.push((event.event_type, event.id));
             }
-            Err(err) => {
-                let error = err.summary();
+            Err(refused) => {
+                let error = refused.error.summary();
                 tracing::warn!(
-                    "Event rejected: batch index {index} ({}): {error}",
-                    hint.as_deref().unwrap_or("no event_id")
+                    "Event rejected: batch index {} ({}): {error}",
+                    refused.index,
+                    refused.event_id.as_deref().unwrap_or("no event_id")
                 );
                 error_details.push(BatchError {
-                    index,
-                    event_id: hint,
+                    index: refused.index,
+                    event_id: refused.event_id,
                     error,
                 });
             }

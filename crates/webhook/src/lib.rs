@@ -14,15 +14,16 @@
 //! - Every error body is JSON ([`error::ApiError`]); axum's plain-text rejections and bare
 //!   statuses are rewritten by one response mapper.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
@@ -46,6 +47,7 @@ mod read;
 pub mod signature;
 
 use error::ApiError;
+pub use ingest::{parse_batch, RefusedEvent};
 use local_metrics::LocalMetrics;
 use signature::{SignatureVerifier, WebhookSecret};
 
@@ -55,6 +57,10 @@ pub const BACKEND_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Longest a whole request may take, body upload included (a slow client gets a 408).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On shutdown, how long connections may take to write out the last answers and close once
+/// no request is in flight any more; connections still open then are not waited for.
+pub const CONNECTION_LINGER: Duration = Duration::from_millis(250);
 
 /// How often the cached queue depth used for load shedding is refreshed from the backend.
 pub const DEPTH_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -87,6 +93,9 @@ struct Shared {
     /// Fired when the server shuts down, so endless responses (the analytics stream) end and
     /// graceful shutdown does not wait on them.
     streams_stop: CancellationToken,
+    /// Requests being handled, so shutdown waits for them but not for connections that carry
+    /// no request (see [`serve`]).
+    requests: TaskTracker,
 }
 
 impl AppState {
@@ -115,6 +124,7 @@ impl AppState {
                 last_capacity_warning: AtomicI64::new(0),
                 started: Instant::now(),
                 streams_stop: CancellationToken::new(),
+                requests: TaskTracker::new(),
             }),
         })
     }
@@ -215,7 +225,18 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outermost, so it also sees the timeout's bare 408.
         .layer(axum::middleware::map_response(json_errors))
+        // Sees every answer, routing errors included.
+        .layer(axum::middleware::from_fn(body::close_when_body_unread))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_request,
+        ))
         .with_state(state)
+}
+
+/// Middleware: counts the request as in flight until its answer is ready.
+async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.inner.requests.track_future(next.run(request)).await
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -271,13 +292,33 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let streams_stop = state.inner.streams_stop.clone();
+    let shutdown_requested = shutdown.clone();
     let stopping = async move {
         shutdown.cancelled().await;
         streams_stop.cancel();
     };
-    let served = axum::serve(listener, router(state.clone()))
+    let mut graceful = std::pin::pin!(axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(stopping)
-        .await;
+        .into_future());
+    // Graceful shutdown alone waits for every open connection, also one that never sent a
+    // whole request (pre-opened by a client, or stalled mid-head), which can be forever.
+    // Requests in flight are waited for (each is bounded by REQUEST_TIMEOUT, and the analytics
+    // stream ends on `streams_stop`); connections without a request are not.
+    let requests_done = async {
+        shutdown_requested.cancelled().await;
+        state.inner.requests.close();
+        state.inner.requests.wait().await;
+    };
+    let served = tokio::select! {
+        // Every connection closed: the usual end. `requests_done` is simply dropped.
+        served = &mut graceful => served,
+        // Every request has its answer: connections get a moment to write it out and close;
+        // then the serve future is dropped (the listener closes), and connections still open
+        // end when their clients leave or the process exits.
+        () = requests_done => tokio::time::timeout(CONNECTION_LINGER, graceful)
+            .await
+            .unwrap_or(Ok(())),
+    };
 
     background.cancel();
     tasks.wait().await;

@@ -7,14 +7,15 @@
 //! opened with `O_APPEND` and each line is handed to one `write`, so several processes can
 //! share one log file without tearing each other's lines.
 
-use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::path::Path;
 
+use chrono::{Datelike, Timelike};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -98,17 +99,25 @@ where
         let level = level_name(event.metadata().level());
         match self.format {
             LogFormat::Text => {
-                let mut line = format!(
-                    "{} - {} - {} - {}",
-                    now.format("%Y-%m-%d %H:%M:%S,%3f"),
+                // Written field by field: no strftime parsing, no intermediate line string.
+                write!(
+                    writer,
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02},{:03} - {} - {} - {}",
+                    now.year(),
+                    now.month(),
+                    now.day(),
+                    now.hour(),
+                    now.minute(),
+                    now.second(),
+                    now.timestamp_subsec_millis().min(999),
                     self.component,
                     level,
                     fields.message
-                );
+                )?;
                 for (k, v) in &fields.rest {
-                    let _ = write!(line, " {k}={v}");
+                    write!(writer, " {k}={v}")?;
                 }
-                writeln!(writer, "{line}")
+                writeln!(writer)
             }
             LogFormat::Json => {
                 let mut obj = serde_json::Map::new();
@@ -160,14 +169,7 @@ pub fn init_with(
         .lossy(false)
         .finish(std::io::stdout());
     guards.push(g);
-    let stdout_layer = tracing_subscriber::fmt::layer()
-        .event_format(PipelineFormat {
-            component: component.to_string(),
-            format,
-        })
-        .with_writer(stdout);
-
-    let file_layer = match file {
+    let file = match file {
         Some(path) if !path.as_os_str().is_empty() => {
             let err = |cause: std::io::Error| LoggingError {
                 path: path.display().to_string(),
@@ -183,24 +185,26 @@ pub fn init_with(
                 .map_err(err)?;
             let (writer, g) = NonBlockingBuilder::default().lossy(false).finish(f);
             guards.push(g);
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .event_format(PipelineFormat {
-                        component: component.to_string(),
-                        format,
-                    })
-                    .with_ansi(false)
-                    .with_writer(writer),
-            )
+            Some(writer)
         }
         _ => None,
     };
+    // One layer formats each record once; the tee hands the same bytes to both sinks.
+    let layer = tracing_subscriber::fmt::layer()
+        .event_format(PipelineFormat {
+            component: component.to_string(),
+            format,
+        })
+        .with_ansi(false)
+        .with_writer(match file {
+            Some(file) => BoxMakeWriter::new(stdout.and(file)),
+            None => BoxMakeWriter::new(stdout),
+        });
 
     // A second init in one process (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(filter(level))
-        .with(stdout_layer)
-        .with(file_layer)
+        .with(layer)
         .try_init();
     Ok(LogGuard { _guards: guards })
 }

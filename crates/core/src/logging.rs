@@ -8,6 +8,7 @@
 //! share one log file without tearing each other's lines.
 
 use std::fs::OpenOptions;
+use std::io::BufWriter;
 use std::path::Path;
 
 use chrono::{Datelike, Timelike};
@@ -23,6 +24,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat, LogLevel};
+
+/// Bytes a sink collects before a write. The background writer flushes whenever it has no
+/// more records waiting, so a quiet process still writes each line at once, while a busy one
+/// writes many lines per system call. A line is never split: `BufWriter` writes a record that
+/// does not fit after flushing what it holds, and an `O_APPEND` write is not interleaved.
+const SINK_BUFFER: usize = 64 * 1024;
 
 /// Keeps the background writers alive; dropping it flushes what is buffered.
 #[must_use = "logs are lost when the guard is dropped"]
@@ -167,7 +174,7 @@ pub fn init_with(
     let mut guards = Vec::new();
     let (stdout, g) = NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(BufWriter::with_capacity(SINK_BUFFER, std::io::stdout()));
     guards.push(g);
     let file = match file {
         Some(path) if !path.as_os_str().is_empty() => {
@@ -183,7 +190,9 @@ pub fn init_with(
                 .append(true)
                 .open(path)
                 .map_err(err)?;
-            let (writer, g) = NonBlockingBuilder::default().lossy(false).finish(f);
+            let (writer, g) = NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(BufWriter::with_capacity(SINK_BUFFER, f));
             guards.push(g);
             Some(writer)
         }

@@ -115,19 +115,27 @@ impl Consumer {
     /// logged and returned.
     pub async fn run(mut self, shutdown: CancellationToken) -> ProcessingStats {
         let mut next_report = Instant::now() + STATS_INTERVAL;
+        // A batch claimed while the previous one was being settled.
+        let mut batch = Vec::new();
         while !shutdown.is_cancelled() {
-            // Never sleep past the next statistics report on an idle queue.
-            let until_report = next_report.saturating_duration_since(Instant::now());
-            let wait = self.batch_timeout.min(until_report).max(MIN_CLAIM_WAIT);
-            let batch = self.claim(wait, &shutdown).await;
+            if batch.is_empty() {
+                // Never sleep past the next statistics report on an idle queue.
+                let until_report = next_report.saturating_duration_since(Instant::now());
+                let wait = self.batch_timeout.min(until_report).max(MIN_CLAIM_WAIT);
+                batch = self.claim(wait, &shutdown).await;
+            }
             if !batch.is_empty() {
-                self.process(batch, &shutdown).await;
+                batch = self.process(batch, &shutdown, true).await;
             }
             if Instant::now() >= next_report {
                 self.refresh_dashboard_counts();
                 self.stats.log();
                 next_report = Instant::now() + STATS_INTERVAL;
             }
+        }
+        // Leased already: finish it now rather than leave it to its lease.
+        if !batch.is_empty() {
+            self.process(batch, &shutdown, false).await;
         }
         if let Some(dashboard) = self.dashboard.take() {
             self.stats.dashboard = Some(dashboard.close(DASHBOARD_GRACE).await);
@@ -192,7 +200,17 @@ impl Consumer {
     }
 
     /// Decides every event of the batch, settles them in one call, then counts and reports.
-    async fn process(&mut self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
+    ///
+    /// With `prefetch`, the next batch is claimed (without waiting) while this one is being
+    /// settled and returned: the loop is bound by backend round trips, and the two calls then
+    /// share one (one Redis pipeline flush, one SQLite group commit). Prefetching is skipped
+    /// with DAY15_BATCH_LINGER_MS, which would otherwise not apply to the prefetched batch.
+    async fn process(
+        &mut self,
+        batch: Vec<Delivery>,
+        shutdown: &CancellationToken,
+        prefetch: bool,
+    ) -> Vec<Delivery> {
         tracing::info!("Processing batch of {} events", batch.len());
         let mut deltas = self
             .dashboard
@@ -213,13 +231,43 @@ impl Consumer {
             settlements.push(decision.settlement);
         }
 
-        if !self.settle(settlements, shutdown).await {
+        let prefetch = prefetch && self.batch_linger.is_zero() && !shutdown.is_cancelled();
+        let next_claim = async {
+            if prefetch {
+                self.backend
+                    .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown)
+                    .await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        // The copy is what a failed call gives back: `settle` consumes its input.
+        let (first_try, next) = tokio::join!(self.backend.settle(settlements.clone()), next_claim);
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // The loop claims again (with its backoff) once this batch is settled.
+                self.health.failed(&e);
+                Vec::new()
+            }
+        };
+        let settled = match first_try {
+            Ok(()) => {
+                self.health.succeeded();
+                true
+            }
+            Err(e) => {
+                let pause = self.health.failed(&e);
+                self.settle_again(settlements, shutdown, pause).await
+            }
+        };
+        if !settled {
             self.stats.unsettled_batches += 1;
             tracing::warn!(
                 "Batch of {} events left unsettled at shutdown: it will be delivered again after the visibility timeout",
                 outcomes.len()
             );
-            return;
+            return next;
         }
 
         self.stats.batches += 1;
@@ -238,35 +286,40 @@ impl Consumer {
             deltas.timestamp = pipeline_core::event::format_received_at(Utc::now());
             dashboard.publish(deltas);
         }
+        next
     }
 
-    /// Settles the batch, retrying through an outage. Returns false only when shutdown was
-    /// requested and the last attempts failed too.
-    async fn settle(&mut self, settlements: Vec<Settlement>, shutdown: &CancellationToken) -> bool {
+    /// Retries a settle whose first try failed (`pause` is the backoff that failure earned),
+    /// through an outage. Returns false only when shutdown was requested and the last attempts
+    /// failed too.
+    async fn settle_again(
+        &mut self,
+        settlements: Vec<Settlement>,
+        shutdown: &CancellationToken,
+        mut pause: Duration,
+    ) -> bool {
         let mut final_attempts = 0;
         loop {
+            if shutdown.is_cancelled() {
+                final_attempts += 1;
+                if final_attempts > FINAL_SETTLE_ATTEMPTS {
+                    return false;
+                }
+                tokio::time::sleep(FINAL_SETTLE_PAUSE).await;
+            } else {
+                // Shutdown cuts the pause short; the loop then makes its last tries.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
             // The copy is what a failed call gives back: `settle` consumes its input.
             match self.backend.settle(settlements.clone()).await {
                 Ok(()) => {
                     self.health.succeeded();
                     return true;
                 }
-                Err(e) => {
-                    let pause = self.health.failed(&e);
-                    if shutdown.is_cancelled() {
-                        final_attempts += 1;
-                        if final_attempts >= FINAL_SETTLE_ATTEMPTS {
-                            return false;
-                        }
-                        tokio::time::sleep(FINAL_SETTLE_PAUSE).await;
-                    } else {
-                        // Shutdown cuts the pause short; the loop then makes its last tries.
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
-                            _ = shutdown.cancelled() => {}
-                        }
-                    }
-                }
+                Err(e) => pause = self.health.failed(&e),
             }
         }
     }

@@ -282,13 +282,18 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
             }
             _ = restart_due => {
                 let now = Instant::now();
+                let mut gave_up = None;
                 for (i, slot) in slots.iter_mut().enumerate() {
                     if slot.restart_at.is_some_and(|t| t <= now) {
                         if let Err(e) = launcher.start(i, slot) {
-                            tracing::error!("{e}");
-                            slot.restart_at = None;
+                            // A failed start counts like a crash, so it cannot loop forever.
+                            gave_up = gave_up.or(schedule_restart(slot, &format!("could not be started ({e})")));
                         }
                     }
+                }
+                if let Some(message) = gave_up {
+                    tracing::error!("{message}");
+                    break true;
                 }
             }
         }
@@ -313,6 +318,16 @@ fn on_exit(slots: &mut [Slot], exited: Exited) -> Option<String> {
         return None;
     }
     slot.pid = None;
+    schedule_restart(
+        slot,
+        &format!("exited unexpectedly ({})", describe(&exited.status)),
+    )
+}
+
+/// Schedules the next start of a child that died or could not be started, with exponential
+/// backoff; `Some(message)` when it failed more than [`MAX_RESTARTS`] times within
+/// [`RESTART_WINDOW`] and the pipeline should stop.
+fn schedule_restart(slot: &mut Slot, what: &str) -> Option<String> {
     let now = Instant::now();
     while slot
         .restarts
@@ -323,9 +338,8 @@ fn on_exit(slots: &mut [Slot], exited: Exited) -> Option<String> {
     }
     if slot.restarts.len() >= MAX_RESTARTS {
         return Some(format!(
-            "{} exited ({}) after {} restarts within {} s; stopping the pipeline",
+            "{} {what} after {} restarts within {} s; stopping the pipeline",
             slot.name,
-            describe(&exited.status),
             slot.restarts.len(),
             RESTART_WINDOW.as_secs()
         ));
@@ -336,9 +350,8 @@ fn on_exit(slots: &mut [Slot], exited: Exited) -> Option<String> {
         .min(MAX_BACKOFF);
     slot.restart_at = Some(now + backoff);
     tracing::warn!(
-        "{} exited unexpectedly ({}); restarting in {} ms (restart {} of at most {} per minute)",
+        "{} {what}; restarting in {} ms (restart {} of at most {} per minute)",
         slot.name,
-        describe(&exited.status),
         backoff.as_millis(),
         slot.restarts.len(),
         MAX_RESTARTS
@@ -442,5 +455,54 @@ fn kill_remaining(slots: &[Slot]) {
             tracing::warn!("Killing {} (pid {pid})", s.name);
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Slot {
+        Slot {
+            name: "consumer-1".into(),
+            role: Role::Consumer,
+            pid: None,
+            generation: 1,
+            restarts: VecDeque::new(),
+            restart_at: None,
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_and_the_sixth_failure_within_a_minute_gives_up() {
+        let mut s = slot();
+        let mut delays = Vec::new();
+        for _ in 0..MAX_RESTARTS {
+            let start = Instant::now();
+            assert_eq!(
+                schedule_restart(&mut s, "exited unexpectedly (exit code 1)"),
+                None
+            );
+            delays.push(s.restart_at.map(|t| t - start).unwrap_or_default());
+        }
+        assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
+        assert!(delays[0] >= FIRST_BACKOFF);
+        let message = schedule_restart(&mut s, "exited unexpectedly (exit code 1)")
+            .expect("more than 5 restarts in 60 s stops the pipeline");
+        assert!(message.contains("consumer-1"), "{message}");
+        assert!(message.contains("5 restarts within 60 s"), "{message}");
+    }
+
+    #[test]
+    fn old_restarts_leave_the_window() {
+        let mut s = slot();
+        // A machine up for less than a minute has no such instant; nothing to check then.
+        let Some(long_ago) = Instant::now().checked_sub(RESTART_WINDOW + Duration::from_secs(1))
+        else {
+            return;
+        };
+        s.restarts = std::iter::repeat_n(long_ago, MAX_RESTARTS).collect();
+        assert_eq!(schedule_restart(&mut s, "exited unexpectedly"), None);
+        assert_eq!(s.restarts.len(), 1);
     }
 }

@@ -183,7 +183,7 @@ fn events_accepted_before_a_sigterm_are_processed_after_the_next_start() {
     assert_eq!(accepted, 500);
     o.signal(Signal::SIGTERM);
     let status = o.wait_timeout(Duration::from_secs(15)).expect("exits");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{}", o.output());
 
     let _o2 = p.spawn("orchestrator", &[]);
     p.wait_healthy(START);
@@ -195,4 +195,31 @@ fn events_accepted_before_a_sigterm_are_processed_after_the_next_start() {
 
 fn kill_pid(pid: i32, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+#[test]
+fn a_lone_orchestrator_binary_runs_every_role_itself() {
+    // What `cargo run --release --bin orchestrator` leaves on a fresh clone: no sibling
+    // webhook or consumer binaries.
+    let p = Pipeline::sqlite();
+    let alone = p.dir.path().join("bin");
+    std::fs::create_dir(&alone).expect("bin dir");
+    let program = alone.join("orchestrator");
+    std::fs::copy(bin("orchestrator"), &program).expect("copy the orchestrator");
+    let mut o = p.spawn_program(&program, "orchestrator", &[]);
+    p.wait_healthy(START);
+    let children = eventually("webhook and consumer running", START, || {
+        let c = children_of(o.pid());
+        (c.len() == 2).then_some(c)
+    });
+    let roles: Vec<String> = children.iter().map(|c| cmdline(*c)).collect();
+    assert!(roles.iter().any(|r| r.contains("__webhook")), "{roles:?}");
+    assert!(roles.iter().any(|r| r.contains("__consumer")), "{roles:?}");
+
+    let (status, _) = p.post("/webhook/events", &sample_events()[0]);
+    assert_eq!(status, 202);
+    p.wait_stat("processed", 1, START);
+    o.signal(Signal::SIGTERM);
+    let status = o.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", o.output());
 }

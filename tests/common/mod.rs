@@ -327,13 +327,18 @@ impl Pipeline {
 
     /// Starts a binary in the pipeline's folder with only this pipeline's `DAY15_*` settings.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_program(&bin(name), name, args)
+    }
+
+    /// As [`Pipeline::spawn`], for a program file anywhere (e.g. a copy of a binary).
+    pub fn spawn_program(&self, program: &Path, name: &str, args: &[&str]) -> Proc {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
         let output = self.dir.path().join(format!("{name}-{n}.out"));
         let out = File::create(&output).expect("output file");
         let err = out.try_clone().expect("output file");
-        let mut cmd = Command::new(bin(name));
+        let mut cmd = Command::new(program);
         for (k, _) in std::env::vars() {
             if k.starts_with("DAY15_") {
                 cmd.env_remove(k);

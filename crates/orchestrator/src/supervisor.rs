@@ -430,7 +430,12 @@ async fn stop_all(
                     continue;
                 }
                 slot.pid = None;
-                let ok = exited.status.as_ref().is_ok_and(|s| s.success());
+                // Dying of our own SIGTERM is a clean stop too: a child still starting up
+                // has no handler installed yet, and no work in hand.
+                let ok = exited.status.as_ref().is_ok_and(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.success() || s.signal() == Some(Signal::SIGTERM as i32)
+                });
                 clean &= ok && !killed;
                 tracing::info!("{} stopped ({})", slot.name, describe(&exited.status));
             }

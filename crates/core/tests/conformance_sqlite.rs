@@ -3,7 +3,6 @@
 //! concurrent writers, two instances on one file, and clear errors for unusable files.
 mod common;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use common::conformance::{backend_conformance, Harness};
-use pipeline_core::analytics::{counters, maps, Effect, Increment};
+use pipeline_core::analytics::{counters, Increment};
 use pipeline_core::backend::sqlite::{SqliteBackend, SCHEMA_VERSION};
 use pipeline_core::backend::*;
 use pipeline_core::config::SqliteSynchronous;
@@ -82,19 +81,6 @@ fn ev(id: &str) -> QueuedEvent {
     }
 }
 
-fn ack(d: Delivery) -> Settlement {
-    Settlement::Ack {
-        effect: Some(Effect {
-            event_id: d.event_id.clone(),
-            increments: vec![
-                Increment::counter(counters::PROCESSED),
-                Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 1.0),
-            ],
-        }),
-        delivery: d,
-    }
-}
-
 async fn open_error(path: &Path) -> String {
     match SqliteBackend::open(path, SqliteSynchronous::Full, BackendOptions::default()).await {
         Ok(_) => panic!("opening {} should fail", path.display()),
@@ -144,52 +130,6 @@ async fn five_hundred_concurrent_enqueues_all_succeed_with_exact_counts() {
     let m = b.metrics().await.unwrap();
     assert_eq!(m.counter(counters::ACCEPTED), 500);
     assert_eq!(m.counter(counters::DUPLICATES), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_on_one_file_never_share_an_event() {
-    let h = SqliteHarness::new();
-    let first = h.open(BackendOptions::default()).await;
-    let second = h.reopen(BackendOptions::default()).await;
-    let events: Vec<_> = (0..400).map(|i| ev(&format!("e{i}"))).collect();
-    first.enqueue(events).await.unwrap();
-
-    let claimers: Vec<_> = [&first, &second, &first, &second]
-        .into_iter()
-        .enumerate()
-        .map(|(n, b)| {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                loop {
-                    let got = b
-                        .claim_batch(
-                            &format!("c{n}"),
-                            9,
-                            Duration::ZERO,
-                            &CancellationToken::new(),
-                        )
-                        .await
-                        .unwrap();
-                    if got.is_empty() {
-                        return seen;
-                    }
-                    seen.extend(got.iter().map(|d| d.event_id.to_string()));
-                    b.settle(got.into_iter().map(ack).collect()).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for c in claimers {
-        all.extend(c.await.unwrap());
-    }
-    let unique: HashSet<_> = all.iter().collect();
-    assert_eq!(all.len(), 400, "every event delivered exactly once");
-    assert_eq!(unique.len(), 400);
-    let m = second.metrics().await.unwrap();
-    assert_eq!(m.counter(counters::PROCESSED), 400);
-    assert_eq!(first.depths().await.unwrap().queue, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

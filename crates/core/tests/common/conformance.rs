@@ -298,12 +298,14 @@ pub async fn expired_lease_is_delivered_again(h: &dyn Harness) {
 }
 
 pub async fn concurrent_claimers_never_share_an_event(h: &dyn Harness) {
+    // Two handles, as two consumer processes would have, two claimers on each.
     let b = h.open(opts()).await;
+    let other = h.reopen(opts()).await;
     let events: Vec<_> = (0..200).map(|i| ev(&format!("e{i}"))).collect();
     b.enqueue(events).await.unwrap();
     let claimers: Vec<_> = (0..4)
         .map(|n| {
-            let b = b.clone();
+            let b = if n % 2 == 0 { b.clone() } else { other.clone() };
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 loop {

@@ -225,6 +225,39 @@ async fn a_body_sent_one_byte_a_second_is_cut_off_with_408_at_the_request_timeou
     assert_eq!(server.queue_depth().await, 0);
 }
 
+#[tokio::test]
+async fn a_request_head_trickled_one_header_a_second_is_cut_off_at_the_header_timeout() {
+    let server = ServerHandle::start().await;
+    let stream = TcpStream::connect(address(&server)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    writer
+        .write_all(b"POST /webhook/events HTTP/1.1\r\nhost: test\r\n")
+        .await
+        .unwrap();
+    // A header line a second, never the blank line that ends the head.
+    let drip = tokio::spawn(async move {
+        for n in 0.. {
+            let line = format!("x-slow-{n}: still here\r\n");
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let deadline = started + webhook::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let (_, closed) = read_until_closed(&mut reader, deadline).await;
+    let elapsed = started.elapsed();
+    drip.abort();
+    assert!(closed, "the connection is still open after {elapsed:?}");
+    assert!(
+        elapsed >= webhook::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "closed after {elapsed:?}, before the header timeout"
+    );
+    assert_eq!(server.queue_depth().await, 0);
+}
+
 /// Opens `n` connections of each hostile kind and keeps them open while the caller works:
 /// silent ones, ones that sent half a request head, and ones that sent a head and half a body.
 async fn hold_connections(server: &ServerHandle, n: usize) -> Vec<TcpStream> {

@@ -2,113 +2,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use common::{error_body, event, eventually, test_config, ServerHandle};
-use pipeline_core::analytics::{Increment, MetricsSnapshot};
-use pipeline_core::backend::memory::MemoryBackend;
-use pipeline_core::backend::{
-    Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery, Depths,
-    DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
-};
+use pipeline_core::backend::{Backend as _, BackendOptions, Settlement};
+use pipeline_core::testkit::{FaultMode, FaultyBackend};
 use tokio_util::sync::CancellationToken;
 
-const UP: u8 = 0;
-const FAILING: u8 = 1;
-const HANGING: u8 = 2;
-const SLOW: u8 = 3;
-
-/// The memory backend behind a switch: up, failing with `Unavailable`, hanging forever, or
-/// slow (each call takes 300 ms; an enqueue stores first, then takes 300 ms to answer).
-struct SwitchedBackend {
-    inner: MemoryBackend,
-    mode: AtomicU8,
-}
-
-impl SwitchedBackend {
-    fn new(mode: u8) -> Arc<Self> {
-        Arc::new(SwitchedBackend {
-            inner: MemoryBackend::new(BackendOptions::default()),
-            mode: AtomicU8::new(mode),
-        })
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-
-    async fn gate(&self) -> BackendResult<()> {
-        match self.mode.load(Ordering::SeqCst) {
-            FAILING => Err(BackendError::Unavailable("connection refused".into())),
-            HANGING => std::future::pending().await,
-            SLOW => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl Backend for SwitchedBackend {
-    fn name(&self) -> &'static str {
-        "switched"
-    }
-    async fn ping(&self) -> BackendResult<()> {
-        self.gate().await
-    }
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
-        if self.mode.load(Ordering::SeqCst) == SLOW {
-            // Stored at once, answered late: the request is visibly in flight meanwhile.
-            let outcomes = self.inner.enqueue(events).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return outcomes;
-        }
-        self.gate().await?;
-        self.inner.enqueue(events).await
-    }
-    async fn claim_batch(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-        cancel: &CancellationToken,
-    ) -> BackendResult<Vec<Delivery>> {
-        self.gate().await?;
-        self.inner.claim_batch(consumer, max, wait, cancel).await
-    }
-    async fn settle(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
-        self.gate().await?;
-        self.inner.settle(settlements).await
-    }
-    async fn depths(&self) -> BackendResult<Depths> {
-        self.gate().await?;
-        self.inner.depths().await
-    }
-    async fn dlq_list(&self, limit: usize, offset: usize) -> BackendResult<Vec<DeadLetter>> {
-        self.gate().await?;
-        self.inner.dlq_list(limit, offset).await
-    }
-    async fn dlq_replay(&self, which: DlqSelection) -> BackendResult<u64> {
-        self.gate().await?;
-        self.inner.dlq_replay(which).await
-    }
-    async fn dlq_purge(&self) -> BackendResult<u64> {
-        self.gate().await?;
-        self.inner.dlq_purge().await
-    }
-    async fn record(&self, increments: Vec<Increment>) -> BackendResult<()> {
-        self.gate().await?;
-        self.inner.record(increments).await
-    }
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
-        self.gate().await?;
-        self.inner.metrics().await
-    }
+fn faulty(mode: FaultMode) -> Arc<FaultyBackend> {
+    Arc::new(FaultyBackend::new(BackendOptions::default(), mode))
 }
 
 async fn assert_unavailable_within_a_second(server: &ServerHandle, path: &str) {
@@ -200,7 +103,7 @@ async fn a_queue_above_the_limit_sheds_load_with_429_until_it_drains() {
 
 #[tokio::test]
 async fn a_failing_backend_gives_503_with_retry_after_and_the_webhook_recovers() {
-    let backend = SwitchedBackend::new(FAILING);
+    let backend = faulty(FaultMode::Failing);
     let server = ServerHandle::start_on(test_config(), backend.clone()).await;
     assert_unavailable_within_a_second(&server, "/webhook/events").await;
     assert_unavailable_within_a_second(&server, "/webhook/batch").await;
@@ -220,7 +123,7 @@ async fn a_failing_backend_gives_503_with_retry_after_and_the_webhook_recovers()
         error_body(r).await;
     }
 
-    backend.set(UP);
+    backend.set_mode(FaultMode::Up);
     assert_eq!(
         server
             .post("/webhook/events", &event("evt_back"))
@@ -237,7 +140,7 @@ async fn a_failing_backend_gives_503_with_retry_after_and_the_webhook_recovers()
 
 #[tokio::test]
 async fn a_hanging_backend_still_gives_503_within_a_second() {
-    let backend = SwitchedBackend::new(HANGING);
+    let backend = faulty(FaultMode::Hanging);
     let server = ServerHandle::start_on(test_config(), backend.clone()).await;
     assert_unavailable_within_a_second(&server, "/webhook/events").await;
 
@@ -246,7 +149,7 @@ async fn a_hanging_backend_still_gives_503_within_a_second() {
     assert_eq!(r.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(1));
 
-    backend.set(UP);
+    backend.set_mode(FaultMode::Up);
     assert_eq!(
         server
             .post("/webhook/events", &event("evt_back"))
@@ -258,7 +161,7 @@ async fn a_hanging_backend_still_gives_503_within_a_second() {
 
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
-    let backend = SwitchedBackend::new(SLOW);
+    let backend = faulty(FaultMode::Slow);
     let server = ServerHandle::start_on(test_config(), backend.clone()).await;
     let in_flight = {
         let client = server.client.clone();

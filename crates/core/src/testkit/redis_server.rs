@@ -1,4 +1,4 @@
-//! Test support (feature `testkit`): a private, throwaway `redis-server`.
+//! A private, throwaway `redis-server`.
 //!
 //! Tests never use a shared Redis: each starts its own server on a free port, with its data
 //! directory in a temp dir, and the server dies with the value. [`RedisServer::start`] gives a

@@ -350,9 +350,20 @@ impl Pipeline {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        // A program file just written (a copied binary) can be briefly "busy" while another
+        // test thread forks with its write descriptor still open; that passes at once.
+        let child = eventually(
+            "the program to start",
+            Duration::from_secs(10),
+            || match cmd.spawn() {
+                Ok(child) => Some(child),
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+                Err(e) => panic!("cannot start {}: {e}", program.display()),
+            },
+        );
         Proc {
             name: name.to_string(),
-            child: cmd.spawn().expect("spawn binary"),
+            child,
             output,
         }
     }

@@ -10,7 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --workspace --bins
-raw=$(cargo test --quiet --test crash_matrix -- --nocapture "$@" 2>&1 | grep -o 'RELIABILITY .*' | sort)
+if ! out=$(cargo test --quiet --test crash_matrix -- --nocapture "$@" 2>&1); then
+  echo "the crash matrix failed; its last lines:" >&2
+  tail -n 60 <<<"$out" >&2
+  exit 1
+fi
+raw=$(grep -o 'RELIABILITY .*' <<<"$out" | sort)
 
 echo "| backend | fault | sent | accepted | applied | lost | applied twice | details |"
 echo "|---|---|---:|---:|---:|---:|---:|---|"

@@ -90,6 +90,7 @@ async fn run(config: pipeline_core::config::Config) -> i32 {
         Ok(guard) => guard,
         Err(e) => return failure(e),
     };
+    runtime::warn_if_memory_backend_alone(&config);
     let backend = match backend::connect(&config).await {
         Ok(b) => b,
         Err(e) => {

@@ -57,3 +57,17 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
     });
 }
+
+/// Warns when a standalone webhook or consumer runs on the memory backend: its queue lives in
+/// this process only, so events never cross to the other side (the original's mock mode lost
+/// them silently). The orchestrator runs both in one process instead, which is how the memory
+/// backend is meant to be used.
+pub fn warn_if_memory_backend_alone(config: &Config) {
+    if config.queue_backend == crate::config::BackendKind::Memory {
+        tracing::warn!(
+            "DAY15_QUEUE_BACKEND=memory keeps the queue inside this process: no other webhook or \
+             consumer process can see it. Run the orchestrator (it runs both in one process), or \
+             use sqlite or redis."
+        );
+    }
+}

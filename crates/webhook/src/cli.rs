@@ -54,6 +54,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
 }
 
 async fn run(config: Config) -> i32 {
+    runtime::warn_if_memory_backend_alone(&config);
     let backend = match tokio::time::timeout(CONNECT_TIMEOUT, backend::connect(&config)).await {
         Ok(Ok(backend)) => backend,
         Ok(Err(e)) => {

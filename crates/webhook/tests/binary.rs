@@ -122,6 +122,13 @@ async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
         "{text}"
     );
     assert!(text.contains("Webhook receiver stopped"), "{text}");
+    // Alone on the memory backend, the webhook says no consumer process can see its queue.
+    assert!(
+        text.contains(
+            " - webhook - WARNING - DAY15_QUEUE_BACKEND=memory keeps the queue inside this process"
+        ),
+        "{text}"
+    );
 }
 
 fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {

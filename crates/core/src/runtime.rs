@@ -28,31 +28,41 @@ pub fn config_or_exit(args: &ConfigArgs) -> Config {
 ///
 /// The token is the one shutdown signal of the process: every task watches it.
 pub fn cancel_on_signals(token: CancellationToken) {
+    let at_once = CancellationToken::new();
+    watch_signals(token, at_once.clone());
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGTERM: {e}");
-                    return;
-                }
-            };
-        let mut signals = 0;
-        loop {
-            // Whichever signal arrives first wins; the other stream stays registered.
+        at_once.cancelled().await;
+        std::process::exit(130);
+    });
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM and `at_once` on the second, so the
+/// caller decides what "stop now" means (exit, or kill its children first).
+pub fn watch_signals(shutdown: CancellationToken, at_once: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGINT/SIGTERM");
+            return;
+        };
+        for n in 0.. {
+            // Whichever signal comes first counts; both streams stay registered.
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            signals += 1;
-            if signals == 1 {
+            if n == 0 {
                 tracing::info!(
-                    "Shutdown requested, finishing in-flight work (signal again to exit now)"
+                    "Shutdown requested: finishing in-flight work (signal again to stop at once)"
                 );
-                token.cancel();
+                shutdown.cancel();
             } else {
-                tracing::warn!("Second signal: exiting now");
-                std::process::exit(130);
+                tracing::warn!("Second signal: stopping at once");
+                at_once.cancel();
+                return;
             }
         }
     });

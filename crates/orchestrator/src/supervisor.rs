@@ -160,37 +160,6 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// First signal → `shutdown`; second → `kill_now`.
-fn watch_signals(shutdown: CancellationToken, kill_now: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for SIGINT/SIGTERM");
-            return;
-        };
-        for n in 0.. {
-            // Whichever signal comes first counts; both streams stay registered.
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!(
-                    "Shutdown requested: stopping children (signal again to kill them now)"
-                );
-                shutdown.cancel();
-            } else {
-                tracing::warn!("Second signal: killing children now");
-                kill_now.cancel();
-                return;
-            }
-        }
-    });
-}
-
 /// The `DAY15_*` settings for children: every variable, unset ones as empty, so a child
 /// resolves exactly what the orchestrator resolved (flags and `--env-file` included).
 fn child_env(raw: &RawSettings) -> Vec<(String, String)> {
@@ -211,7 +180,7 @@ fn child_env(raw: &RawSettings) -> Vec<(String, String)> {
 pub async fn run(raw: RawSettings, config: Config) -> i32 {
     let shutdown = CancellationToken::new();
     let kill_now = CancellationToken::new();
-    watch_signals(shutdown.clone(), kill_now.clone());
+    pipeline_core::runtime::watch_signals(shutdown.clone(), kill_now.clone());
     let (tx, mut rx) = mpsc::channel(64);
     let launcher = Launcher {
         env: child_env(&raw),

@@ -36,10 +36,7 @@ fn events(n: usize) -> Vec<QueuedEvent> {
             };
             let mut e = Event::from_value(v).expect("generated events are valid");
             e.stamp_received_at(Utc::now());
-            QueuedEvent {
-                event_id: e.id.clone(),
-                payload: e.to_json(),
-            }
+            QueuedEvent::of(&e)
         })
         .collect()
 }

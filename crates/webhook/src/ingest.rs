@@ -138,10 +138,7 @@ async fn ingest_event(
     let mut event =
         Event::from_value(value).map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
     event.stamp_received_at(chrono::Utc::now());
-    let queued = QueuedEvent {
-        event_id: event.id.clone(),
-        payload: event.to_json(),
-    };
+    let queued = QueuedEvent::of(&event);
 
     let outcomes = backend_call(state.backend().enqueue(vec![queued])).await?;
     let Some(&outcome) = outcomes.first() else {
@@ -286,10 +283,7 @@ async fn ingest_batch(
         match item {
             Ok(mut event) => {
                 event.stamp_received_at(now);
-                queued.push(QueuedEvent {
-                    event_id: event.id.clone(),
-                    payload: event.to_json(),
-                });
+                queued.push(QueuedEvent::of(&event));
                 kinds.push((event.event_type, event.id));
             }
             Err(refused) => {

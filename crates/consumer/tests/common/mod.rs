@@ -46,10 +46,7 @@ pub fn memory_backend(config: &Config) -> Arc<MemoryBackend> {
 pub fn event(v: Value) -> QueuedEvent {
     let mut e = Event::from_value(v).expect("test event is valid");
     e.stamp_received_at(Utc::now());
-    QueuedEvent {
-        event_id: e.id.clone(),
-        payload: e.to_json(),
-    }
+    QueuedEvent::of(&e)
 }
 
 pub fn signup(id: &str, user: &str, metadata: Value) -> QueuedEvent {

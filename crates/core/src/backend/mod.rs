@@ -75,6 +75,16 @@ pub struct QueuedEvent {
     pub payload: String,
 }
 
+impl QueuedEvent {
+    /// The stored form of a validated event (stamp `received_at` first).
+    pub fn of(event: &crate::event::Event) -> Self {
+        QueuedEvent {
+            event_id: event.id.clone(),
+            payload: event.to_json(),
+        }
+    }
+}
+
 /// The answer of [`Backend::enqueue`] for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -324,12 +324,6 @@ impl RawSettings {
         }
     }
 
-    /// Every effective `(variable, value)` pair, e.g. to hand a child process the exact
-    /// settings its parent resolved from flags and files.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
     /// The effective value of a variable (after precedence), if set and non-empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values

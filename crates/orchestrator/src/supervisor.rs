@@ -165,14 +165,7 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
 fn child_env(raw: &RawSettings) -> Vec<(String, String)> {
     VARIABLES
         .iter()
-        .map(|(name, _)| {
-            let value = raw
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            (name.to_string(), value)
-        })
+        .map(|(name, _)| (name.to_string(), raw.get(name).unwrap_or("").to_string()))
         .collect()
 }
 

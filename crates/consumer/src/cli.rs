@@ -91,6 +91,10 @@ async fn run(config: pipeline_core::config::Config) -> i32 {
         Err(e) => return failure(e),
     };
     runtime::warn_if_memory_backend_alone(&config);
+    // Listening for signals first: a SIGTERM while the backend is being opened is a request
+    // to stop (exit 0 once running), not a kill.
+    let shutdown = CancellationToken::new();
+    runtime::cancel_on_signals(shutdown.clone());
     let backend = match backend::connect(&config).await {
         Ok(b) => b,
         Err(e) => {
@@ -101,8 +105,6 @@ async fn run(config: pipeline_core::config::Config) -> i32 {
             ));
         }
     };
-    let shutdown = CancellationToken::new();
-    runtime::cancel_on_signals(shutdown.clone());
     match crate::run(config, backend, shutdown).await {
         Ok(_) => runtime::exit::OK,
         Err(e) => {

@@ -38,16 +38,20 @@ pub fn cancel_on_signals(token: CancellationToken) {
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM and `at_once` on the second, so the
 /// caller decides what "stop now" means (exit, or kill its children first).
+///
+/// The handlers are installed before this returns, not in the spawned task: a signal that
+/// came before that task first ran would otherwise kill the process (no handler yet) or be
+/// missed (handler installed, listener not yet subscribed) on a busy machine.
 pub fn watch_signals(shutdown: CancellationToken, at_once: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT/SIGTERM");
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for SIGINT/SIGTERM");
-            return;
-        };
         for n in 0.. {
             // Whichever signal comes first counts; both streams stay registered.
             tokio::select! {

@@ -55,6 +55,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
 
 async fn run(config: Config) -> i32 {
     runtime::warn_if_memory_backend_alone(&config);
+    // Listening for signals first: a SIGTERM during start-up is a request to stop (exit 0 once
+    // serving), not a kill.
+    let shutdown = CancellationToken::new();
+    runtime::cancel_on_signals(shutdown.clone());
     let backend = match tokio::time::timeout(CONNECT_TIMEOUT, backend::connect(&config)).await {
         Ok(Ok(backend)) => backend,
         Ok(Err(e)) => {
@@ -83,8 +87,6 @@ async fn run(config: Config) -> i32 {
             return exit::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
-    runtime::cancel_on_signals(shutdown.clone());
     match crate::serve(config, backend, listener, shutdown).await {
         Ok(()) => exit::OK,
         Err(e) => {

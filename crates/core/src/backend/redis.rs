@@ -12,9 +12,14 @@
 //! - Settled entries are `XACK`ed *and* `XDEL`eted, so the stream only ever holds unread and
 //!   in-flight entries: `XLEN` is exactly that part of the queue depth, no counter has to be
 //!   kept in step, and no `XTRIM` is needed.
-//! - A [`Delivery::handle`] is `<entry id>:<delivery count>`. The delivery count (from the
-//!   pending-entries list) identifies the lease: a consumer may take over its own stalled
-//!   entry, so the consumer name alone could not tell a stale settlement from a current one.
+//! - A [`Delivery::handle`] is `<entry id>:<delivery count>:<consumer>`. The delivery count
+//!   (from the pending-entries list) identifies the lease: a consumer may take over its own
+//!   stalled entry, so the consumer name alone could not tell a stale settlement from a
+//!   current one.
+//! - Exactly-once analytics needs no applied mark per event: an entry's effect is applied by
+//!   the script that acks it, and only while the entry is still pending, so the pending list
+//!   itself records what was applied. The consumer sums a batch's effects per field, so Redis
+//!   does one write per distinct field per batch, not one per event.
 //! - Claiming (due retries back to the stream, `XAUTOCLAIM`, `XREADGROUP`) is one script, so a
 //!   claim costs one round trip. Only the wait for new entries runs outside it, as
 //!   `XREADGROUP … BLOCK` on a dedicated connection (a blocking call would stall the shared
@@ -23,6 +28,7 @@
 //!   [`BackendError::Unavailable`] within a second (the webhook answers 503) and the
 //!   connection manager reconnects by itself once Redis is back.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -69,8 +75,6 @@ pub mod keys {
     pub const MAP_REGISTRY: &str = "maps";
     /// `seen:<event id>`: duplicate mark, expires after the idempotency TTL.
     pub const SEEN: &str = "seen:";
-    /// `processed:<event id>`: applied mark, expires after the idempotency TTL.
-    pub const PROCESSED: &str = "processed:";
     /// `m:<map name>`: one metric map as a sorted set (field -> number).
     pub const METRIC: &str = "m:";
 
@@ -99,10 +103,6 @@ pub mod keys {
 
         pub fn seen_prefix(&self) -> String {
             format!("{}{SEEN}", self.tag)
-        }
-
-        pub fn processed_prefix(&self) -> String {
-            format!("{}{PROCESSED}", self.tag)
         }
 
         pub fn metric_prefix(&self) -> String {
@@ -374,6 +374,7 @@ impl RedisBackend {
             if let Some(delivery) = delivery(
                 &entry,
                 count,
+                consumer,
                 text(&d[2]).as_deref(),
                 text(&d[3]),
                 text(&d[4]).as_deref(),
@@ -448,7 +449,7 @@ impl RedisBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        Ok(stream_read_deliveries(&reply))
+        Ok(stream_read_deliveries(&reply, consumer))
     }
 
     async fn blocking_read_with_group(
@@ -466,7 +467,25 @@ impl RedisBackend {
         }
     }
 
-    async fn settle_once(&self, settlements: &[Settlement]) -> Result<(), CallError> {
+    /// Runs the settle script once. Returns the acked entries that were no longer pending
+    /// (another consumer settled them after this lease expired); then nothing was written.
+    async fn settle_once(&self, settlements: &[Settlement]) -> Result<Vec<String>, CallError> {
+        let mut acked = Vec::new();
+        let mut holder = "";
+        let mut sums: HashMap<(&str, &str), f64> = HashMap::new();
+        for s in settlements {
+            let Settlement::Ack { delivery, effect } = s else {
+                continue;
+            };
+            let Some(lease) = parse_handle(&delivery.handle) else {
+                continue;
+            };
+            holder = lease.consumer;
+            acked.push(lease.entry);
+            for i in effect.iter().flat_map(|e| &e.increments) {
+                *sums.entry((&i.map, &i.field)).or_default() += i.by;
+            }
+        }
         let now = epoch_millis(SystemTime::now());
         let mut inv = self.scripts.settle.prepare_invoke();
         inv.key(&self.keys.stream)
@@ -474,45 +493,35 @@ impl RedisBackend {
             .key(&self.keys.dlq)
             .key(&self.keys.registry)
             .arg(keys::GROUP)
-            .arg(self.keys.processed_prefix())
             .arg(self.keys.metric_prefix())
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
-            .arg(self.options.idempotency_ttl.as_millis().max(1) as u64)
             .arg(now)
             .arg(maps::COUNTERS)
             .arg(counters::FAILED)
             .arg(counters::RETRIED)
-            .arg(counters::DEAD_LETTERED);
+            .arg(counters::DEAD_LETTERED)
+            .arg(holder)
+            .arg(acked.len())
+            .arg(&acked)
+            .arg(sums.len());
+        for ((map, field), by) in &sums {
+            inv.arg(*map).arg(*field).arg(*by);
+        }
         for s in settlements {
             match s {
-                Settlement::Ack { delivery, effect } => {
-                    let entry = parse_handle(&delivery.handle).map_or("", |(e, _)| e);
-                    inv.arg("A").arg(entry);
-                    match effect {
-                        Some(effect) => {
-                            inv.arg(effect.event_id.as_str())
-                                .arg(effect.increments.len());
-                            for i in &effect.increments {
-                                inv.arg(&i.map).arg(&i.field).arg(i.by);
-                            }
-                        }
-                        None => {
-                            inv.arg("").arg(0);
-                        }
-                    }
-                }
+                Settlement::Ack { .. } => {}
                 Settlement::Retry {
                     delivery,
                     not_before,
                     ..
                 } => {
-                    let Some((entry, lease)) = parse_handle(&delivery.handle) else {
+                    let Some(lease) = parse_handle(&delivery.handle) else {
                         continue;
                     };
                     inv.arg("R")
-                        .arg(entry)
-                        .arg(lease)
+                        .arg(lease.entry)
+                        .arg(lease.count)
                         .arg(delivery.attempt)
                         .arg(epoch_millis(*not_before));
                 }
@@ -521,12 +530,12 @@ impl RedisBackend {
                     reason,
                     error,
                 } => {
-                    let Some((entry, lease)) = parse_handle(&delivery.handle) else {
+                    let Some(lease) = parse_handle(&delivery.handle) else {
                         continue;
                     };
                     inv.arg("D")
-                        .arg(entry)
-                        .arg(lease)
+                        .arg(lease.entry)
+                        .arg(lease.count)
                         .arg(delivery.attempt)
                         .arg(reason.as_str())
                         .arg(error);
@@ -534,20 +543,49 @@ impl RedisBackend {
             }
         }
         let mut conn = self.conn.clone();
-        bounded(inv.invoke_async::<i64>(&mut conn)).await?;
-        Ok(())
+        Ok(bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await?)
+    }
+
+    /// `settle_once`, re-creating the consumer group once if Redis lost it.
+    async fn settle_once_with_group(
+        &self,
+        settlements: &[Settlement],
+    ) -> Result<Vec<String>, CallError> {
+        match self.settle_once(settlements).await {
+            Err(e) if e.is_nogroup() => {
+                self.ensure_group().await?;
+                self.settle_once(settlements).await
+            }
+            other => other,
+        }
     }
 }
 
-/// Splits a delivery handle `<entry id>:<delivery count>`.
-fn parse_handle(handle: &str) -> Option<(&str, u64)> {
-    let (entry, lease) = handle.rsplit_once(':')?;
-    Some((entry, lease.parse().ok()?))
+/// One lease on a stream entry, as its [`Delivery::handle`] records it.
+struct Lease<'a> {
+    entry: &'a str,
+    /// The entry's delivery count when this lease was granted.
+    count: u64,
+    consumer: &'a str,
+}
+
+/// Splits a delivery handle `<entry id>:<delivery count>:<consumer>` (entry ids have no `:`).
+fn parse_handle(handle: &str) -> Option<Lease<'_>> {
+    let mut parts = handle.splitn(3, ':');
+    let entry = parts.next()?;
+    let count = parts.next()?.parse().ok()?;
+    let consumer = parts.next()?;
+    Some(Lease {
+        entry,
+        count,
+        consumer,
+    })
 }
 
 fn delivery(
     entry: &str,
     deliveries: i64,
+    consumer: &str,
     event_id: Option<&str>,
     payload: Option<String>,
     failures: Option<&str>,
@@ -555,7 +593,7 @@ fn delivery(
     let event_id = EventId::parse(event_id?).ok()?;
     let failures: u32 = failures.and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(Delivery {
-        handle: format!("{entry}:{deliveries}"),
+        handle: format!("{entry}:{deliveries}:{consumer}"),
         event_id,
         payload: payload.unwrap_or_default(),
         attempt: failures.saturating_add(1),
@@ -563,7 +601,7 @@ fn delivery(
 }
 
 /// Deliveries of an `XREADGROUP … >` reply: first deliveries, so their delivery count is 1.
-fn stream_read_deliveries(reply: &Value) -> Vec<Delivery> {
+fn stream_read_deliveries(reply: &Value, consumer: &str) -> Vec<Delivery> {
     let mut out = Vec::new();
     let streams: Vec<&Value> = match reply {
         Value::Array(streams) => streams.iter().collect(),
@@ -588,6 +626,7 @@ fn stream_read_deliveries(reply: &Value) -> Vec<Delivery> {
             if let Some(d) = delivery(
                 &id,
                 1,
+                consumer,
                 f.get("id").map(String::as_str),
                 f.get("payload").cloned(),
                 f.get("failures").map(String::as_str),
@@ -600,8 +639,8 @@ fn stream_read_deliveries(reply: &Value) -> Vec<Delivery> {
 }
 
 /// A stream entry's fields (`[k, v, k, v, …]` or a map) as strings.
-fn field_map(fields: &Value) -> std::collections::HashMap<String, String> {
-    let mut out = std::collections::HashMap::new();
+fn field_map(fields: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
     match fields {
         Value::Array(kv) => {
             for pair in kv.chunks_exact(2) {
@@ -756,17 +795,30 @@ impl Backend for RedisBackend {
     }
 
     async fn settle(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
-        if settlements.is_empty() {
-            return Ok(());
-        }
-        match self.settle_once(&settlements).await {
-            Err(e) if e.is_nogroup() => {
-                self.ensure_group().await.map_err(self.fail("settle"))?;
-                self.settle_once(&settlements).await
+        let mut settlements = settlements;
+        // Each pass drops at least one ack (the stale ones are among them), so this ends.
+        while !settlements.is_empty() {
+            let stale: HashSet<String> = self
+                .settle_once_with_group(&settlements)
+                .await
+                .map_err(self.fail("settle"))?
+                .into_iter()
+                .collect();
+            if stale.is_empty() {
+                return Ok(());
             }
-            other => other,
+            tracing::debug!(
+                count = stale.len(),
+                "acks for entries settled by another consumer dropped"
+            );
+            settlements.retain(|s| match s {
+                Settlement::Ack { delivery, .. } => {
+                    parse_handle(&delivery.handle).is_none_or(|lease| !stale.contains(lease.entry))
+                }
+                _ => true,
+            });
         }
-        .map_err(self.fail("settle"))
+        Ok(())
     }
 
     /// Queue depth = `XLEN` of the stream (unread + in flight: settled entries are deleted)

@@ -42,6 +42,7 @@ macro_rules! backend_conformance {
             retry_is_not_delivered_before_it_is_due,
             dead_letter_list_replay_and_purge,
             effect_is_applied_once_under_redelivery,
+            stale_ack_in_a_batch_leaves_the_rest_applied,
             stale_settlement_after_lost_lease_is_ignored,
             stale_ack_never_removes_a_newer_event,
             second_handle_sees_the_same_queue,
@@ -439,6 +440,34 @@ pub async fn effect_is_applied_once_under_redelivery(h: &dyn Harness) {
     let m = b.metrics().await.unwrap();
     assert_eq!(m.counter(counters::PROCESSED), 1);
     assert_eq!(m.map(maps::EVENTS_BY_TYPE)["user_signup"], 1.0);
+    assert_eq!(b.depths().await.unwrap().queue, 0);
+}
+
+/// One batch mixing a stale ack (its event was applied meanwhile by another consumer) with
+/// current ones: the current events are applied and acked, the stale one not applied again.
+pub async fn stale_ack_in_a_batch_leaves_the_rest_applied(h: &dyn Harness) {
+    let b = h
+        .open(BackendOptions {
+            visibility_timeout: Duration::from_millis(300),
+            ..opts()
+        })
+        .await;
+    b.enqueue(vec![ev("first")]).await.unwrap();
+    let slow = claim(&b, 1, 0).await.remove(0);
+    let fast = eventually("redelivery", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move { claim(&b, 1, 100).await.pop() }
+    })
+    .await;
+    b.settle(vec![ack(fast, true)]).await.unwrap();
+    b.enqueue(vec![ev("second"), ev("third")]).await.unwrap();
+    let mut batch = vec![ack(slow, true)];
+    batch.extend(claim(&b, 2, 0).await.into_iter().map(|d| ack(d, true)));
+    assert_eq!(batch.len(), 3);
+    b.settle(batch).await.unwrap();
+    let m = b.metrics().await.unwrap();
+    assert_eq!(m.counter(counters::PROCESSED), 3);
+    assert_eq!(m.map(maps::EVENTS_BY_TYPE)["user_signup"], 3.0);
     assert_eq!(b.depths().await.unwrap().queue, 0);
 }
 

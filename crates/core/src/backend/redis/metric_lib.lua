@@ -1,7 +1,8 @@
 -- metric_lib.lua: shared prelude of settle.lua and record.lua (prepended to both).
 --
 -- Increments are summed per (map, field) first, then written once each: one ZINCRBY per
--- field, one SADD into the registry and (for per-minute maps) one EXPIRE per map.
+-- field, (for per-minute maps) one EXPIRE per map and one SADD of all map names into the
+-- registry.
 --
 -- KEYS, ARGV: none of its own; the functions take what they need.
 -- Returns nothing: defines new_metrics(), add_metric(acc, map, field, by) and
@@ -26,15 +27,18 @@ local function add_metric(acc, map, field, by)
 end
 
 local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl)
+  if #acc.order == 0 then
+    return
+  end
   for _, map in ipairs(acc.order) do
     local m = acc.maps[map]
     local key = metric_prefix .. map
     for _, field in ipairs(m.order) do
       redis.call('ZINCRBY', key, string.format('%.17g', m.fields[field]), field)
     end
-    redis.call('SADD', registry, map)
     if string.sub(map, 1, #minute_prefix) == minute_prefix then
       redis.call('EXPIRE', key, minute_ttl)
     end
   end
+  redis.call('SADD', registry, unpack(acc.order))
 end

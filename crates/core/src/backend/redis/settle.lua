@@ -1,9 +1,14 @@
 -- settle.lua: settle a batch of deliveries in one atomic step.
 --
--- Ack:         XACK + XDEL the entry; if the event carries an effect and its id was not applied
---              within the idempotency TTL (SET processed:<id> NX PX), apply its increments.
---              A stale ack (lost lease) still removes the entry; the processed mark keeps the
---              effect from being applied twice.
+-- Acks:        the batch's effects arrive summed per (map, field), not per event, so Redis does
+--              one ZINCRBY per distinct field however large the batch. The pending-entries list
+--              is the applied mark: an entry is applied in the same step that acks it, and only
+--              while it is still pending. `XCLAIM … JUSTID` (which keeps the delivery count)
+--              returns the acked entries that are still pending; if any is not (another
+--              consumer's settlement won, after this lease expired), nothing is written and
+--              those entries are returned, so the caller sends the batch again without them
+--              and their share of the sums. Otherwise all are XACKed + XDELeted and the sums
+--              applied.
 -- Retry:       only while this lease still owns the entry (it is pending with the delivery
 --              count of the lease): ZADD the retry set (due ms -> [entry id, event id, payload,
 --              failures]), XACK + XDEL, count failed and retried.
@@ -15,26 +20,67 @@
 -- KEYS[3]  the DLQ stream
 -- KEYS[4]  the registry of metric map names (set)
 -- ARGV[1]  consumer group
--- ARGV[2]  prefix of the applied-mark keys ("{p}:processed:")
--- ARGV[3]  prefix of the metric map keys ("{p}:m:")
--- ARGV[4]  name prefix of per-minute maps
--- ARGV[5]  lifetime of a per-minute map in seconds
--- ARGV[6]  idempotency TTL in ms
--- ARGV[7]  now, epoch ms (the DLQ's failed_at)
--- ARGV[8]  counters map name
--- ARGV[9], ARGV[10], ARGV[11]  counter fields: failed, retried, dead_lettered
--- ARGV[12…] records, each starting with its kind:
---   'A', entry id ('' if unknown), event id ('' = no effect), n, then n × (map, field, by)
+-- ARGV[2]  prefix of the metric map keys ("{p}:m:")
+-- ARGV[3]  name prefix of per-minute maps
+-- ARGV[4]  lifetime of a per-minute map in seconds
+-- ARGV[5]  now, epoch ms (the DLQ's failed_at)
+-- ARGV[6]  counters map name
+-- ARGV[7], ARGV[8], ARGV[9]  counter fields: failed, retried, dead_lettered
+-- ARGV[10] consumer that holds the acked entries (XCLAIM needs one; it keeps them there)
+-- ARGV[11] a = number of acked entries, then a entry ids
+-- then     m = number of summed increments, then m × (map, field, by)
+-- then     records, each starting with its kind:
 --   'R', entry id, lease delivery count, failures after this attempt, due ms
 --   'D', entry id, lease delivery count, attempts, failure reason, error
--- Returns  the number of settlements that took effect (acks always do).
+-- Returns  the acked entries that were no longer pending (empty: everything took effect).
 
 local stream, retry, dlq, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group = ARGV[1]
-local counters = ARGV[8]
+local counters = ARGV[6]
+local chunk = 1000 -- entries per XCLAIM/XACK/XDEL call, well below Lua's unpack limit
+
+local acks = {}
+local a = tonumber(ARGV[11])
+for k = 1, a do
+  acks[k] = ARGV[11 + k]
+end
+
+-- Every acked entry must still be pending before anything is written.
+local live = {}
+local still_pending = 0
+for from = 1, #acks, chunk do
+  local to = math.min(from + chunk - 1, #acks)
+  local call = { 'XCLAIM', stream, group, ARGV[10], 0 }
+  for k = from, to do
+    call[#call + 1] = acks[k]
+  end
+  call[#call + 1] = 'JUSTID'
+  for _, id in ipairs(redis.call(unpack(call))) do
+    live[id] = true
+    still_pending = still_pending + 1
+  end
+end
+if still_pending ~= #acks then
+  local stale = {}
+  for _, id in ipairs(acks) do
+    if not live[id] then
+      stale[#stale + 1] = id
+    end
+  end
+  return stale
+end
+
 local metrics = new_metrics()
-local done_ids = {}
-local effective = 0
+local i = 12 + a
+local m = tonumber(ARGV[i])
+i = i + 1
+for k = 0, m - 1 do
+  local at = i + k * 3
+  add_metric(metrics, ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]))
+end
+i = i + m * 3
+
+local done_ids = acks
 
 local function owns(entry, lease)
   local p = redis.call('XPENDING', stream, group, entry, entry, 1)
@@ -48,30 +94,15 @@ local function fields_of(entry)
   end
   local f = {}
   local raw = e[1][2]
-  for i = 1, #raw, 2 do
-    f[raw[i]] = raw[i + 1]
+  for j = 1, #raw, 2 do
+    f[raw[j]] = raw[j + 1]
   end
   return f
 end
 
-local i = 12
 while i <= #ARGV do
   local kind = ARGV[i]
-  if kind == 'A' then
-    local entry, event_id, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-    if entry ~= '' then
-      done_ids[#done_ids + 1] = entry
-    end
-    if event_id ~= '' and
-        redis.call('SET', ARGV[2] .. event_id, '1', 'NX', 'PX', ARGV[6]) then
-      for k = 0, n - 1 do
-        local at = i + 4 + k * 3
-        add_metric(metrics, ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]))
-      end
-    end
-    effective = effective + 1
-    i = i + 4 + n * 3
-  elseif kind == 'R' then
+  if kind == 'R' then
     local entry, lease = ARGV[i + 1], ARGV[i + 2]
     if owns(entry, lease) then
       local f = fields_of(entry)
@@ -80,9 +111,8 @@ while i <= #ARGV do
         redis.call('ZADD', retry, ARGV[i + 4], member)
       end
       done_ids[#done_ids + 1] = entry
-      add_metric(metrics, counters, ARGV[9], 1)
-      add_metric(metrics, counters, ARGV[10], 1)
-      effective = effective + 1
+      add_metric(metrics, counters, ARGV[7], 1)
+      add_metric(metrics, counters, ARGV[8], 1)
     end
     i = i + 5
   elseif kind == 'D' then
@@ -92,12 +122,11 @@ while i <= #ARGV do
       if f then
         redis.call('XADD', dlq, '*', 'id', f['id'], 'payload', f['payload'],
           'failure_reason', ARGV[i + 4], 'error', ARGV[i + 5], 'attempts', ARGV[i + 3],
-          'failed_at', ARGV[7])
+          'failed_at', ARGV[5])
       end
       done_ids[#done_ids + 1] = entry
+      add_metric(metrics, counters, ARGV[7], 1)
       add_metric(metrics, counters, ARGV[9], 1)
-      add_metric(metrics, counters, ARGV[11], 1)
-      effective = effective + 1
     end
     i = i + 6
   else
@@ -105,14 +134,11 @@ while i <= #ARGV do
   end
 end
 
--- Ack and delete in chunks: one call per chunk instead of one per entry, and well below
--- Lua's limit on unpacked arguments.
-local chunk = 1000
 for from = 1, #done_ids, chunk do
   local to = math.min(from + chunk - 1, #done_ids)
   redis.call('XACK', stream, group, unpack(done_ids, from, to))
   redis.call('XDEL', stream, unpack(done_ids, from, to))
 end
 
-flush_metrics(metrics, ARGV[3], registry, ARGV[4], tonumber(ARGV[5]))
-return effective
+flush_metrics(metrics, ARGV[2], registry, ARGV[3], tonumber(ARGV[4]))
+return {}

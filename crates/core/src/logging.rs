@@ -8,7 +8,7 @@
 //! share one log file without tearing each other's lines.
 
 use std::fs::OpenOptions;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use chrono::{Datelike, Timelike};
@@ -16,7 +16,6 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -34,7 +33,34 @@ const SINK_BUFFER: usize = 64 * 1024;
 /// Keeps the background writers alive; dropping it flushes what is buffered.
 #[must_use = "logs are lost when the guard is dropped"]
 pub struct LogGuard {
-    _guards: Vec<WorkerGuard>,
+    _guard: WorkerGuard,
+}
+
+/// Where the background thread writes each formatted record: stdout and the log file.
+struct Sinks {
+    stdout: BufWriter<std::io::Stdout>,
+    file: Option<BufWriter<std::fs::File>>,
+}
+
+impl Write for Sinks {
+    /// A record arrives whole; each sink gets all of it (so a file line is never split).
+    /// Stdout errors are dropped: a closed terminal or pipe must not cost the file its lines,
+    /// and there is nowhere left to report them.
+    fn write(&mut self, record: &[u8]) -> std::io::Result<usize> {
+        let _ = self.stdout.write_all(record);
+        if let Some(file) = &mut self.file {
+            file.write_all(record)?;
+        }
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.stdout.flush();
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Why logging could not start (the log file path and the cause).
@@ -171,11 +197,6 @@ pub fn init_with(
     format: LogFormat,
     file: Option<&Path>,
 ) -> Result<LogGuard, LoggingError> {
-    let mut guards = Vec::new();
-    let (stdout, g) = NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(BufWriter::with_capacity(SINK_BUFFER, std::io::stdout()));
-    guards.push(g);
     let file = match file {
         Some(path) if !path.as_os_str().is_empty() => {
             let err = |cause: std::io::Error| LoggingError {
@@ -190,32 +211,29 @@ pub fn init_with(
                 .append(true)
                 .open(path)
                 .map_err(err)?;
-            let (writer, g) = NonBlockingBuilder::default()
-                .lossy(false)
-                .finish(BufWriter::with_capacity(SINK_BUFFER, f));
-            guards.push(g);
-            Some(writer)
+            Some(BufWriter::with_capacity(SINK_BUFFER, f))
         }
         _ => None,
     };
-    // One layer formats each record once; the tee hands the same bytes to both sinks.
+    // One background thread and one hand-over per record, whatever the number of sinks.
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(Sinks {
+        stdout: BufWriter::with_capacity(SINK_BUFFER, std::io::stdout()),
+        file,
+    });
     let layer = tracing_subscriber::fmt::layer()
         .event_format(PipelineFormat {
             component: component.to_string(),
             format,
         })
         .with_ansi(false)
-        .with_writer(match file {
-            Some(file) => BoxMakeWriter::new(stdout.and(file)),
-            None => BoxMakeWriter::new(stdout),
-        });
+        .with_writer(writer);
 
     // A second init in one process (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(filter(level))
         .with(layer)
         .try_init();
-    Ok(LogGuard { _guards: guards })
+    Ok(LogGuard { _guard: guard })
 }
 
 #[cfg(test)]

@@ -75,6 +75,19 @@ impl BackendHealth {
     }
 }
 
+/// A batch decided: what to tell the backend, and what to count once it is settled.
+struct Decided {
+    settlements: Vec<Settlement>,
+    outcomes: Vec<crate::handlers::Outcome>,
+    deltas: Option<BatchDeltas>,
+}
+
+/// A decided batch whose settle call is in flight.
+struct Settling {
+    call: tokio::task::JoinHandle<Result<(), BackendError>>,
+    decided: Decided,
+}
+
 /// One consumer: its settings, its backend handle and its local statistics.
 pub struct Consumer {
     backend: Arc<dyn Backend>,
@@ -111,21 +124,39 @@ impl Consumer {
         })
     }
 
-    /// Runs until `shutdown` fires: the batch in hand is finished and settled, statistics are
-    /// logged and returned.
+    /// Runs until `shutdown` fires: the batches in hand are finished and settled, statistics
+    /// are logged and returned.
+    ///
+    /// Batches are pipelined: while one batch is being settled, the next is claimed and
+    /// decided, so the backend's work and this process's work overlap instead of taking turns.
+    /// At most one settle is in flight, and a batch's outcome is counted once it is settled.
     pub async fn run(mut self, shutdown: CancellationToken) -> ProcessingStats {
         let mut next_report = Instant::now() + STATS_INTERVAL;
-        // A batch claimed while the previous one was being settled.
+        // Claimed (leased), not yet decided.
         let mut batch = Vec::new();
+        // Decided, being settled.
+        let mut settling: Option<Settling> = None;
         while !shutdown.is_cancelled() {
-            if batch.is_empty() {
+            if batch.is_empty() && settling.is_none() {
                 // Never sleep past the next statistics report on an idle queue.
                 let until_report = next_report.saturating_duration_since(Instant::now());
                 let wait = self.batch_timeout.min(until_report).max(MIN_CLAIM_WAIT);
                 batch = self.claim(wait, &shutdown).await;
             }
             if !batch.is_empty() {
-                batch = self.process(batch, &shutdown, true).await;
+                let decided = self.decide(std::mem::take(&mut batch));
+                if let Some(previous) = settling.take() {
+                    self.complete(previous, &shutdown).await;
+                }
+                settling = Some(self.start_settle(decided));
+                // The next batch is claimed while this one settles (both calls share one Redis
+                // pipeline flush or one SQLite group commit). Not with DAY15_BATCH_LINGER_MS,
+                // which would not apply to a batch claimed this way.
+                if self.batch_linger.is_zero() && !shutdown.is_cancelled() {
+                    batch = self.claim_ready(&shutdown).await;
+                }
+            } else if let Some(previous) = settling.take() {
+                self.complete(previous, &shutdown).await;
             }
             if Instant::now() >= next_report {
                 self.refresh_dashboard_counts();
@@ -133,9 +164,13 @@ impl Consumer {
                 next_report = Instant::now() + STATS_INTERVAL;
             }
         }
-        // Leased already: finish it now rather than leave it to its lease.
+        // Leased already: finish them now rather than leave them to their lease.
+        if let Some(previous) = settling.take() {
+            self.complete(previous, &shutdown).await;
+        }
         if !batch.is_empty() {
-            self.process(batch, &shutdown, false).await;
+            let last = self.start_settle(self.decide(batch));
+            self.complete(last, &shutdown).await;
         }
         if let Some(dashboard) = self.dashboard.take() {
             self.stats.dashboard = Some(dashboard.close(DASHBOARD_GRACE).await);
@@ -199,18 +234,24 @@ impl Consumer {
         batch
     }
 
-    /// Decides every event of the batch, settles them in one call, then counts and reports.
-    ///
-    /// With `prefetch`, the next batch is claimed (without waiting) while this one is being
-    /// settled and returned: the loop is bound by backend round trips, and the two calls then
-    /// share one (one Redis pipeline flush, one SQLite group commit). Prefetching is skipped
-    /// with DAY15_BATCH_LINGER_MS, which would otherwise not apply to the prefetched batch.
-    async fn process(
-        &mut self,
-        batch: Vec<Delivery>,
-        shutdown: &CancellationToken,
-        prefetch: bool,
-    ) -> Vec<Delivery> {
+    /// Claims what is ready now, without waiting. A failure is noted (the loop's next waiting
+    /// claim backs off) and gives an empty batch.
+    async fn claim_ready(&mut self, shutdown: &CancellationToken) -> Vec<Delivery> {
+        match self
+            .backend
+            .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown)
+            .await
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.health.failed(&e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Decides every event of the batch: pure computation, nothing is waited on.
+    fn decide(&self, batch: Vec<Delivery>) -> Decided {
         tracing::info!("Processing batch of {} events", batch.len());
         let mut deltas = self
             .dashboard
@@ -230,27 +271,31 @@ impl Consumer {
             outcomes.push(decision.outcome);
             settlements.push(decision.settlement);
         }
+        Decided {
+            settlements,
+            outcomes,
+            deltas,
+        }
+    }
 
-        let prefetch = prefetch && self.batch_linger.is_zero() && !shutdown.is_cancelled();
-        let next_claim = async {
-            if prefetch {
-                self.backend
-                    .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown)
-                    .await
-            } else {
-                Ok(Vec::new())
-            }
-        };
+    /// Starts settling a decided batch with one backend call, on its own task so the loop
+    /// can go on with the next batch meanwhile.
+    fn start_settle(&self, decided: Decided) -> Settling {
+        let backend = Arc::clone(&self.backend);
         // The copy is what a failed call gives back: `settle` consumes its input.
-        let (first_try, next) = tokio::join!(self.backend.settle(settlements.clone()), next_claim);
-        let next = match next {
-            Ok(next) => next,
-            Err(e) => {
-                // The loop claims again (with its backoff) once this batch is settled.
-                self.health.failed(&e);
-                Vec::new()
-            }
-        };
+        let settlements = decided.settlements.clone();
+        Settling {
+            call: tokio::spawn(async move { backend.settle(settlements).await }),
+            decided,
+        }
+    }
+
+    /// Waits for a batch's settle (retrying it through an outage), then counts and reports.
+    async fn complete(&mut self, settling: Settling, shutdown: &CancellationToken) {
+        let Settling { call, decided } = settling;
+        let first_try = call
+            .await
+            .unwrap_or_else(|e| Err(BackendError::Failed(format!("settle task failed: {e}"))));
         let settled = match first_try {
             Ok(()) => {
                 self.health.succeeded();
@@ -258,16 +303,18 @@ impl Consumer {
             }
             Err(e) => {
                 let pause = self.health.failed(&e);
-                self.settle_again(settlements, shutdown, pause).await
+                self.settle_again(decided.settlements, shutdown, pause)
+                    .await
             }
         };
+        let outcomes = decided.outcomes;
         if !settled {
             self.stats.unsettled_batches += 1;
             tracing::warn!(
                 "Batch of {} events left unsettled at shutdown: it will be delivered again after the visibility timeout",
                 outcomes.len()
             );
-            return next;
+            return;
         }
 
         self.stats.batches += 1;
@@ -282,11 +329,10 @@ impl Consumer {
             "Batch complete: {success} success, {} failed",
             outcomes.len() - success
         );
-        if let (Some(dashboard), Some(mut deltas)) = (self.dashboard.as_mut(), deltas) {
+        if let (Some(dashboard), Some(mut deltas)) = (self.dashboard.as_mut(), decided.deltas) {
             deltas.timestamp = pipeline_core::event::format_received_at(Utc::now());
             dashboard.publish(deltas);
         }
-        next
     }
 
     /// Retries a settle whose first try failed (`pause` is the backoff that failure earned),

@@ -12,11 +12,14 @@
 //! which is safe: the unsettled events come back after their lease and the backend applies
 //! each effect at most once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pipeline_core::backend::{Backend, BackendError, Delivery, Settlement};
+use pipeline_core::backend::{Backend, BackendError, BackendResult, Delivery, Settlement};
 use pipeline_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +87,11 @@ struct Decided {
 
 /// A decided batch whose settle call is in flight.
 struct Settling {
-    call: tokio::task::JoinHandle<Result<(), BackendError>>,
+    /// Already polled once, so the call has reached the backend; its answer is collected
+    /// when the future is awaited.
+    call: Pin<Box<dyn Future<Output = BackendResult<()>> + Send>>,
+    /// The answer, when it came while the next batch was being claimed.
+    answer: Option<BackendResult<()>>,
     decided: Decided,
 }
 
@@ -148,13 +155,13 @@ impl Consumer {
                 if let Some(previous) = settling.take() {
                     self.complete(previous, &shutdown).await;
                 }
-                settling = Some(self.start_settle(decided));
-                // The next batch is claimed while this one settles (both calls share one Redis
+                // The next batch is claimed along with this settle (both calls share one Redis
                 // pipeline flush or one SQLite group commit). Not with DAY15_BATCH_LINGER_MS,
                 // which would not apply to a batch claimed this way.
-                if self.batch_linger.is_zero() && !shutdown.is_cancelled() {
-                    batch = self.claim_ready(&shutdown).await;
-                }
+                let prefetch = self.batch_linger.is_zero() && !shutdown.is_cancelled();
+                let (started, next) = self.start_settle(decided, prefetch, &shutdown).await;
+                settling = Some(started);
+                batch = next;
             } else if let Some(previous) = settling.take() {
                 self.complete(previous, &shutdown).await;
             }
@@ -169,7 +176,9 @@ impl Consumer {
             self.complete(previous, &shutdown).await;
         }
         if !batch.is_empty() {
-            let last = self.start_settle(self.decide(batch));
+            let (last, _) = self
+                .start_settle(self.decide(batch), false, &shutdown)
+                .await;
             self.complete(last, &shutdown).await;
         }
         if let Some(dashboard) = self.dashboard.take() {
@@ -234,22 +243,6 @@ impl Consumer {
         batch
     }
 
-    /// Claims what is ready now, without waiting. A failure is noted (the loop's next waiting
-    /// claim backs off) and gives an empty batch.
-    async fn claim_ready(&mut self, shutdown: &CancellationToken) -> Vec<Delivery> {
-        match self
-            .backend
-            .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown)
-            .await
-        {
-            Ok(batch) => batch,
-            Err(e) => {
-                self.health.failed(&e);
-                Vec::new()
-            }
-        }
-    }
-
     /// Decides every event of the batch: pure computation, nothing is waited on.
     fn decide(&self, batch: Vec<Delivery>) -> Decided {
         tracing::info!("Processing batch of {} events", batch.len());
@@ -278,24 +271,70 @@ impl Consumer {
         }
     }
 
-    /// Starts settling a decided batch with one backend call, on its own task so the loop
-    /// can go on with the next batch meanwhile.
-    fn start_settle(&self, decided: Decided) -> Settling {
+    /// Sends a decided batch's settle call to the backend and returns without waiting for its
+    /// answer, so the loop can go on with the next batch meanwhile (the backend works on it
+    /// whether or not the future is polled). With `prefetch`, the next batch is claimed
+    /// (without waiting) in the same breath, so both calls reach the backend together, and is
+    /// returned. A failed claim is noted (the loop's next waiting claim backs off) and gives
+    /// an empty batch.
+    async fn start_settle(
+        &mut self,
+        decided: Decided,
+        prefetch: bool,
+        shutdown: &CancellationToken,
+    ) -> (Settling, Vec<Delivery>) {
         let backend = Arc::clone(&self.backend);
         // The copy is what a failed call gives back: `settle` consumes its input.
         let settlements = decided.settlements.clone();
-        Settling {
-            call: tokio::spawn(async move { backend.settle(settlements).await }),
-            decided,
+        let mut call: Pin<Box<dyn Future<Output = BackendResult<()>> + Send>> =
+            Box::pin(async move { backend.settle(settlements).await });
+        let mut answer = None;
+        let mut next = Vec::new();
+        if prefetch {
+            let claim =
+                self.backend
+                    .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown);
+            tokio::pin!(claim);
+            // The settle is polled first, so it is sent first; the loop ends with the claim.
+            let claimed = loop {
+                tokio::select! {
+                    biased;
+                    done = &mut call, if answer.is_none() => answer = Some(done),
+                    claimed = &mut claim => break claimed,
+                }
+            };
+            match claimed {
+                Ok(batch) => next = batch,
+                Err(e) => {
+                    self.health.failed(&e);
+                }
+            }
+        } else {
+            // One poll sends it.
+            let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            if let Poll::Ready(done) = polled {
+                answer = Some(done);
+            }
         }
+        let settling = Settling {
+            call,
+            answer,
+            decided,
+        };
+        (settling, next)
     }
 
     /// Waits for a batch's settle (retrying it through an outage), then counts and reports.
     async fn complete(&mut self, settling: Settling, shutdown: &CancellationToken) {
-        let Settling { call, decided } = settling;
-        let first_try = call
-            .await
-            .unwrap_or_else(|e| Err(BackendError::Failed(format!("settle task failed: {e}"))));
+        let Settling {
+            call,
+            answer,
+            decided,
+        } = settling;
+        let first_try = match answer {
+            Some(answer) => answer,
+            None => call.await,
+        };
         let settled = match first_try {
             Ok(()) => {
                 self.health.succeeded();

@@ -543,7 +543,7 @@ impl RedisBackend {
             }
         }
         let mut conn = self.conn.clone();
-        Ok(bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await?)
+        bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await
     }
 
     /// `settle_once`, re-creating the consumer group once if Redis lost it.

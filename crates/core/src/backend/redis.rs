@@ -162,22 +162,45 @@ pub struct RedisBackend {
     options: BackendOptions,
     scripts: Scripts,
     /// Progress of the search for expired leases. Never held across `.await`.
-    autoclaim: Mutex<AutoclaimState>,
+    claims: Mutex<ClaimSchedule>,
     /// The URL without its password, for messages.
     redacted_url: String,
 }
 
-/// Where the `XAUTOCLAIM` walk over the pending-entries list stands.
+/// When a claim needs the claim script, and where its `XAUTOCLAIM` walk stands.
 ///
-/// Scanning the whole list on every claim costs Redis time proportional to the work in flight,
-/// while a lease can only expire with time passing; so a full walk starts at most every
-/// [`autoclaim_interval`] and, once started, continues claim by claim until it wraps around.
-struct AutoclaimState {
+/// Scanning the whole pending-entries list on every claim costs Redis time proportional to the
+/// work in flight, while a lease can only expire with time passing; so a full walk starts at
+/// most every [`autoclaim_interval`] and, once started, continues claim by claim until it
+/// wraps around. Between walks, while no retry is known to be due and the script ran less than
+/// [`CLAIM_SCRIPT_INTERVAL`] ago, a claim is a plain `XREADGROUP`: the script's only other
+/// work is moving due retries back, and copying every entry through Lua costs Redis more than
+/// the read itself.
+struct ClaimSchedule {
     /// Where the next scan starts (`0-0`: a fresh walk).
     cursor: String,
     /// When the next fresh walk may start.
     next_scan: tokio::time::Instant,
+    /// When the claim script must run again (retries scheduled by other consumers are only
+    /// seen by it).
+    next_script: tokio::time::Instant,
+    /// Due time (epoch ms) of the next waiting retry, as the script last saw it.
+    retry_due: Option<i64>,
 }
+
+impl ClaimSchedule {
+    /// Whether a plain read of new entries is all this claim needs to do.
+    fn plain_read_will_do(&self, now: tokio::time::Instant, now_ms: i64) -> bool {
+        self.cursor == AUTOCLAIM_START
+            && now < self.next_scan
+            && now < self.next_script
+            && self.retry_due.is_none_or(|due| due > now_ms)
+    }
+}
+
+/// Longest a busy consumer goes without running the claim script (which moves due retries
+/// back to the stream): bounds how late a retry scheduled by another consumer is noticed.
+const CLAIM_SCRIPT_INTERVAL: Duration = Duration::from_millis(100);
 
 const AUTOCLAIM_START: &str = "0-0";
 
@@ -285,9 +308,11 @@ impl RedisBackend {
             keys: Keys::new(prefix),
             options,
             scripts: Scripts::new(),
-            autoclaim: Mutex::new(AutoclaimState {
+            claims: Mutex::new(ClaimSchedule {
                 cursor: AUTOCLAIM_START.into(),
                 next_scan: tokio::time::Instant::now(),
+                next_script: tokio::time::Instant::now(),
+                retry_due: None,
             }),
             redacted_url,
         };
@@ -337,7 +362,7 @@ impl RedisBackend {
     ) -> Result<(Vec<Delivery>, Option<i64>), CallError> {
         let now_instant = tokio::time::Instant::now();
         let (scan, cursor) = {
-            let st = self.autoclaim.lock().unwrap_or_else(|p| p.into_inner());
+            let st = self.claims.lock().unwrap_or_else(|p| p.into_inner());
             let scan = st.cursor != AUTOCLAIM_START || now_instant >= st.next_scan;
             (scan, st.cursor.clone())
         };
@@ -358,12 +383,17 @@ impl RedisBackend {
         let mut items = reply.into_iter();
         let next_cursor = items.next().and_then(|v| text(&v));
         let next_due = items.next().and_then(|v| integer(&v)).filter(|d| *d >= 0);
-        if let (true, Some(next_cursor)) = (scan, next_cursor) {
-            let mut st = self.autoclaim.lock().unwrap_or_else(|p| p.into_inner());
-            if next_cursor == AUTOCLAIM_START {
-                st.next_scan = now_instant + autoclaim_interval(self.options.visibility_timeout);
+        {
+            let mut st = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            if let (true, Some(next_cursor)) = (scan, next_cursor) {
+                if next_cursor == AUTOCLAIM_START {
+                    st.next_scan =
+                        now_instant + autoclaim_interval(self.options.visibility_timeout);
+                }
+                st.cursor = next_cursor;
             }
-            st.cursor = next_cursor;
+            st.next_script = now_instant + CLAIM_SCRIPT_INTERVAL;
+            st.retry_due = next_due;
         }
         let rest: Vec<Value> = items.collect();
         let mut out = Vec::with_capacity(rest.len() / 5);
@@ -423,6 +453,26 @@ impl RedisBackend {
     /// Waits up to `block` for new entries on a dedicated connection. The read is never
     /// abandoned midway (that could strand delivered entries until the visibility timeout);
     /// `block` is kept short instead.
+    /// New entries for `consumer`, without waiting: a plain `XREADGROUP … >` on the shared
+    /// connection (no `BLOCK`, so it never stalls it).
+    async fn read_new(&self, consumer: &str, max: usize) -> Result<Vec<Delivery>, CallError> {
+        let mut conn = self.conn.clone();
+        let reply = bounded(
+            ::redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(keys::GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("STREAMS")
+                .arg(&self.keys.stream)
+                .arg(">")
+                .query_async::<Value>(&mut conn),
+        )
+        .await?;
+        Ok(stream_read_deliveries(&reply, consumer))
+    }
+
     async fn blocking_read(
         &self,
         consumer: &str,
@@ -765,6 +815,20 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let plain = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plain_read_will_do(tokio::time::Instant::now(), epoch_millis(SystemTime::now()));
+        if plain {
+            // An empty read, or a lost group (the script re-creates it), goes on below.
+            match self.read_new(consumer, max).await {
+                Ok(got) if !got.is_empty() => return Ok(got),
+                Ok(_) => {}
+                Err(e) if e.is_nogroup() => {}
+                Err(e) => return Err(self.fail("claim")(e)),
+            }
+        }
         loop {
             let (got, next_due) = self
                 .claim_now_with_group(consumer, max)

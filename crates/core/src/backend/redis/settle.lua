@@ -28,7 +28,7 @@
 -- ARGV[7], ARGV[8], ARGV[9]  counter fields: failed, retried, dead_lettered
 -- ARGV[10] consumer that holds the acked entries (XCLAIM needs one; it keeps them there)
 -- ARGV[11] a = number of acked entries, then a entry ids
--- then     m = number of summed increments, then m × (map, field, by)
+-- then     m = number of summed increments, then m × (map, field, by), each (map, field) once
 -- then     records, each starting with its kind:
 --   'R', entry id, lease delivery count, failures after this attempt, due ms
 --   'D', entry id, lease delivery count, attempts, failure reason, error
@@ -70,15 +70,31 @@ if still_pending ~= #acks then
   return stale
 end
 
-local metrics = new_metrics()
+-- The sums are distinct per (map, field) already: written as they come, no re-summing here.
 local i = 12 + a
 local m = tonumber(ARGV[i])
 i = i + 1
+local maps = {}
 for k = 0, m - 1 do
   local at = i + k * 3
-  add_metric(metrics, ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]))
+  local map = ARGV[at]
+  if not maps[map] then
+    maps[map] = true
+    maps[#maps + 1] = map
+  end
+  redis.call('ZINCRBY', ARGV[2] .. map, ARGV[at + 2], ARGV[at + 1])
 end
 i = i + m * 3
+for _, map in ipairs(maps) do
+  if string.sub(map, 1, #ARGV[3]) == ARGV[3] then
+    redis.call('EXPIRE', ARGV[2] .. map, tonumber(ARGV[4]))
+  end
+end
+if #maps > 0 then
+  redis.call('SADD', registry, unpack(maps))
+end
+
+local metrics = new_metrics()
 
 local done_ids = acks
 

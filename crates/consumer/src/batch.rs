@@ -85,13 +85,38 @@ struct Decided {
     deltas: Option<BatchDeltas>,
 }
 
+/// A backend call that has been sent and whose answer is collected later.
+///
+/// Sending is one poll of the call's future: both backends start the work then (a Redis
+/// command is written to the connection, a SQLite job handed to the writer thread) and carry
+/// on whether or not the future is polled again, so this task can decide a batch meanwhile.
+struct Sent<T> {
+    call: Pin<Box<dyn Future<Output = T> + Send>>,
+    /// The answer, when it was there at once.
+    answer: Option<T>,
+}
+
+impl<T> Sent<T> {
+    async fn send(call: impl Future<Output = T> + Send + 'static) -> Self {
+        let mut call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
+        let answer = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(answer) => Some(answer),
+            Poll::Pending => None,
+        };
+        Sent { call, answer }
+    }
+
+    async fn answer(self) -> T {
+        match self.answer {
+            Some(answer) => answer,
+            None => self.call.await,
+        }
+    }
+}
+
 /// A decided batch whose settle call is in flight.
 struct Settling {
-    /// Already polled once, so the call has reached the backend; its answer is collected
-    /// when the future is awaited.
-    call: Pin<Box<dyn Future<Output = BackendResult<()>> + Send>>,
-    /// The answer, when it came while the next batch was being claimed.
-    answer: Option<BackendResult<()>>,
+    call: Sent<BackendResult<()>>,
     decided: Decided,
 }
 
@@ -144,26 +169,33 @@ impl Consumer {
         // Decided, being settled.
         let mut settling: Option<Settling> = None;
         while !shutdown.is_cancelled() {
-            if batch.is_empty() && settling.is_none() {
+            if batch.is_empty() {
+                // Nothing to overlap with: finish the batch in flight before waiting.
+                if let Some(previous) = settling.take() {
+                    self.complete(previous, &shutdown).await;
+                }
                 // Never sleep past the next statistics report on an idle queue.
                 let until_report = next_report.saturating_duration_since(Instant::now());
                 let wait = self.batch_timeout.min(until_report).max(MIN_CLAIM_WAIT);
                 batch = self.claim(wait, &shutdown).await;
             }
             if !batch.is_empty() {
+                // The next batch is claimed before this one is decided, so its answer is back
+                // when it is needed, while the backend works on the previous settle. Not with
+                // DAY15_BATCH_LINGER_MS, which would not apply to a batch claimed this way.
+                let next = if self.batch_linger.is_zero() {
+                    Some(self.send_claim(&shutdown).await)
+                } else {
+                    None
+                };
                 let decided = self.decide(std::mem::take(&mut batch));
                 if let Some(previous) = settling.take() {
                     self.complete(previous, &shutdown).await;
                 }
-                // The next batch is claimed along with this settle (both calls share one Redis
-                // pipeline flush or one SQLite group commit). Not with DAY15_BATCH_LINGER_MS,
-                // which would not apply to a batch claimed this way.
-                let prefetch = self.batch_linger.is_zero() && !shutdown.is_cancelled();
-                let (started, next) = self.start_settle(decided, prefetch, &shutdown).await;
-                settling = Some(started);
-                batch = next;
-            } else if let Some(previous) = settling.take() {
-                self.complete(previous, &shutdown).await;
+                settling = Some(self.send_settle(decided).await);
+                if let Some(next) = next {
+                    batch = self.claimed(next).await;
+                }
             }
             if Instant::now() >= next_report {
                 self.refresh_dashboard_counts();
@@ -176,9 +208,7 @@ impl Consumer {
             self.complete(previous, &shutdown).await;
         }
         if !batch.is_empty() {
-            let (last, _) = self
-                .start_settle(self.decide(batch), false, &shutdown)
-                .await;
+            let last = self.send_settle(self.decide(batch)).await;
             self.complete(last, &shutdown).await;
         }
         if let Some(dashboard) = self.dashboard.take() {
@@ -271,70 +301,43 @@ impl Consumer {
         }
     }
 
-    /// Sends a decided batch's settle call to the backend and returns without waiting for its
-    /// answer, so the loop can go on with the next batch meanwhile (the backend works on it
-    /// whether or not the future is polled). With `prefetch`, the next batch is claimed
-    /// (without waiting) in the same breath, so both calls reach the backend together, and is
-    /// returned. A failed claim is noted (the loop's next waiting claim backs off) and gives
-    /// an empty batch.
-    async fn start_settle(
-        &mut self,
-        decided: Decided,
-        prefetch: bool,
-        shutdown: &CancellationToken,
-    ) -> (Settling, Vec<Delivery>) {
+    /// Sends a claim for the next batch, without waiting on an empty queue.
+    async fn send_claim(&self, shutdown: &CancellationToken) -> Sent<BackendResult<Vec<Delivery>>> {
+        let backend = Arc::clone(&self.backend);
+        let (name, max, shutdown) = (self.name.clone(), self.batch_size, shutdown.clone());
+        Sent::send(async move {
+            backend
+                .claim_batch(&name, max, Duration::ZERO, &shutdown)
+                .await
+        })
+        .await
+    }
+
+    /// The batch a [`Self::send_claim`] got. A failure is noted (the loop's next waiting
+    /// claim backs off) and gives an empty batch.
+    async fn claimed(&mut self, claim: Sent<BackendResult<Vec<Delivery>>>) -> Vec<Delivery> {
+        match claim.answer().await {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.health.failed(&e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends a decided batch's settle call (one backend call for the whole batch).
+    async fn send_settle(&self, decided: Decided) -> Settling {
         let backend = Arc::clone(&self.backend);
         // The copy is what a failed call gives back: `settle` consumes its input.
         let settlements = decided.settlements.clone();
-        let mut call: Pin<Box<dyn Future<Output = BackendResult<()>> + Send>> =
-            Box::pin(async move { backend.settle(settlements).await });
-        let mut answer = None;
-        let mut next = Vec::new();
-        if prefetch {
-            let claim =
-                self.backend
-                    .claim_batch(&self.name, self.batch_size, Duration::ZERO, shutdown);
-            tokio::pin!(claim);
-            // The settle is polled first, so it is sent first; the loop ends with the claim.
-            let claimed = loop {
-                tokio::select! {
-                    biased;
-                    done = &mut call, if answer.is_none() => answer = Some(done),
-                    claimed = &mut claim => break claimed,
-                }
-            };
-            match claimed {
-                Ok(batch) => next = batch,
-                Err(e) => {
-                    self.health.failed(&e);
-                }
-            }
-        } else {
-            // One poll sends it.
-            let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-            if let Poll::Ready(done) = polled {
-                answer = Some(done);
-            }
-        }
-        let settling = Settling {
-            call,
-            answer,
-            decided,
-        };
-        (settling, next)
+        let call = Sent::send(async move { backend.settle(settlements).await }).await;
+        Settling { call, decided }
     }
 
     /// Waits for a batch's settle (retrying it through an outage), then counts and reports.
     async fn complete(&mut self, settling: Settling, shutdown: &CancellationToken) {
-        let Settling {
-            call,
-            answer,
-            decided,
-        } = settling;
-        let first_try = match answer {
-            Some(answer) => answer,
-            None => call.await,
-        };
+        let Settling { call, decided } = settling;
+        let first_try = call.answer().await;
         let settled = match first_try {
             Ok(()) => {
                 self.health.succeeded();

@@ -9,7 +9,7 @@
 # this checkout). Everything runs in a temp dir with its own ports, SQLite file and
 # redis-server. Prints one line: events/s, seconds, CPU of the backend and of the consumers
 # (100% = one core), and for redis the time Redis spent in the claim and settle scripts per
-# event (INFO commandstats).
+# event, then the commands inside them (INFO commandstats).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,8 +84,8 @@ consumer_ticks=0
 for p in "${started[@]}"; do consumer_ticks=$((consumer_ticks + $(cpu_ticks "$p"))); done
 redis_usec=0
 if [ -n "$backend_pid" ]; then
-  redis_usec=$(redis-cli -p "$redis_port" INFO commandstats | tr -d '\r' \
-    | grep -E '^cmdstat_(evalsha|eval):' | grep -o 'usec=[0-9]*' \
+  redis-cli -p "$redis_port" INFO commandstats | tr -d '\r' >"$work/commandstats"
+  redis_usec=$(grep -E '^cmdstat_(evalsha|eval):' "$work/commandstats" | grep -o 'usec=[0-9]*' \
     | awk -F= '{ s += $2 } END { print s + 0 }')
 fi
 hz=$(getconf CLK_TCK)
@@ -102,3 +102,9 @@ if backend == "redis":
              f"Redis time in scripts {rus / n:.1f} µs/event")
 print(line)
 EOF
+if [ -n "$backend_pid" ]; then
+  # Where the script time goes: the commands they call, in µs of Redis time per event.
+  awk -F'[:,=]' -v n="$events" '
+    /^cmdstat_(xreadgroup|xclaim|xack|xdel|zincrby|xautoclaim):/ {
+      printf "  %s %.2f µs/event (%d calls)\n", substr($1, 9), $5 / n, $3 }' "$work/commandstats"
+fi

@@ -4,7 +4,8 @@
 //! woken at once by an enqueue), optionally lingers for a fuller batch, decides every event
 //! without waiting on anything, and settles the whole batch with one backend call. That call
 //! is where acks, scheduled retries, dead letters and the exactly-once analytics effects are
-//! applied atomically.
+//! applied atomically. Under load the turns overlap: the next batch is claimed before the one
+//! in hand is decided, and a batch is decided while the previous one settles.
 //!
 //! A backend outage never kills the loop: calls are retried with capped backoff, and the
 //! outage is logged once when it starts and once when it ends. A settle that keeps failing is

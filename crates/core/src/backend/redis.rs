@@ -21,9 +21,10 @@
 //!   itself records what was applied. The consumer sums a batch's effects per field, so Redis
 //!   does one write per distinct field per batch, not one per event.
 //! - Claiming (due retries back to the stream, `XAUTOCLAIM`, `XREADGROUP`) is one script, so a
-//!   claim costs one round trip. Only the wait for new entries runs outside it, as
-//!   `XREADGROUP … BLOCK` on a dedicated connection (a blocking call would stall the shared
-//!   multiplexed one), in slices so cancellation, due retries and expired leases are noticed.
+//!   claim costs one round trip; between its runs (see [`ClaimSchedule`]) a busy consumer
+//!   claims with a plain `XREADGROUP`. The wait for new entries runs as `XREADGROUP … BLOCK` on
+//!   a dedicated connection (a blocking call would stall the shared multiplexed one), in
+//!   slices so cancellation, due retries and expired leases are noticed.
 //! - Every call is bounded by [`CALL_DEADLINE`]: when Redis is down, callers get
 //!   [`BackendError::Unavailable`] within a second (the webhook answers 503) and the
 //!   connection manager reconnects by itself once Redis is back.

@@ -204,6 +204,8 @@ if [ "$backend" = sqlite ]; then
 else
     marked=$(( applied < accepted ? applied : accepted ))
 fi
+marked_label="distinct marked applied"
+[ "$backend" = redis ] && marked_label="applied, net of accepted"
 
 echo "== stopping the orchestrator (SIGTERM)"
 kill -TERM "$orchestrator_pid"
@@ -224,7 +226,7 @@ printf '  %-26s %s\n' \
     "events sent" "$sent" \
     "accepted (202)" "$accepted  (webhook counted $webhook_accepted)" \
     "applied (analytics)" "$applied" \
-    "distinct marked applied" "$marked" \
+    "$marked_label" "$marked" \
     "lost" "$lost" \
     "duplicates applied" "$duplicates" \
     "dead-lettered" "$dlq  (nothing is meant to fail)" \

@@ -128,7 +128,11 @@ impl FailureReason {
 /// What a consumer decided for one delivery; a batch of these is settled at once.
 #[derive(Debug, Clone)]
 pub enum Settlement {
-    /// Done: remove it, and apply `effect` unless this event id was applied before.
+    /// Done: remove it, and apply `effect` unless the event was applied before: a redelivery
+    /// of an applied event (its earlier lease ran out, another consumer settled it, or this
+    /// settle is repeated after a lost answer) is removed without its effect. SQLite and
+    /// memory keep a processed mark per event id; Redis applies an entry only while it is
+    /// still pending (the idempotent enqueue keeps one entry per event id).
     Ack {
         delivery: Delivery,
         effect: Option<Effect>,

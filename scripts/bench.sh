@@ -16,27 +16,11 @@ fill_events=${FILL_EVENTS:-200000}
 cargo build --release --workspace --quiet
 bin=target/release
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+trap stop_pids_and_remove_work EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
-wait_http() { for _ in $(seq 1 500); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.02; done; echo "no answer from $1" >&2; return 1; }
-
 redis_port=""
-start_redis() {
-  redis_port=$(free_port)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --logfile "$work/redis.log" &
-  pids+=($!)
-  for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0; sleep 0.02; done
-  echo "redis-server did not start" >&2; exit 1
-}
 
 # Sets the environment of one pipeline (backend $1, name $2, port $3).
 pipeline_env() {
@@ -59,8 +43,6 @@ load() { # url, output file, load args...
   "$bin/event-generator" --url "$url" load --json "$@" >"$out" 2>/dev/null || true
 }
 
-# Read often while a drain is timed, so kept light: no interpreter start per poll.
-processed() { curl -s "$1/stats" | grep -o '"processed":[0-9]*' | cut -d: -f2; }
 
 drain_rate() { # url, events expected, batch size -> events/s of one consumer draining them
   local url=$1 n=$2 batch=$3
@@ -141,8 +123,8 @@ startup_time() {
 echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr); load generator on the same machine"
 case "$which_backends" in
   sqlite) bench_backend sqlite ;;
-  redis) start_redis; bench_backend redis ;;
-  all) bench_backend sqlite; start_redis; bench_backend redis ;;
+  redis) start_redis; pids+=("$redis_pid"); bench_backend redis ;;
+  all) bench_backend sqlite; start_redis; pids+=("$redis_pid"); bench_backend redis ;;
   *) echo "usage: $0 [sqlite|redis|all] [seconds]" >&2; exit 2 ;;
 esac
 startup_time

@@ -33,27 +33,17 @@ cargo build --release --quiet -p webhook -p consumer -p event-generator
 bin=${BIN:-target/release}
 generator=target/release/event-generator
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+trap stop_pids_and_remove_work EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-processed() { curl -s "$1/stats" | grep -o '"processed":[0-9]*' | cut -d: -f2; }
 
 backend_pid=""
 redis_port=""
 if [ "$backend" = redis ]; then
-  redis_port=$(free_port)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --logfile "$work/redis.log" &
-  backend_pid=$!
-  pids+=("$backend_pid")
-  for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.02; done
+  start_redis
+  backend_pid=$redis_pid
+  pids+=("$redis_pid")
 fi
 
 port=$(free_port)
@@ -64,7 +54,7 @@ export DAY15_REDIS_URL="redis://127.0.0.1:${redis_port:-6379}/0"
 export DAY15_MAX_QUEUE_DEPTH=100000000 DAY15_BATCH_TIMEOUT_SECONDS=1 DAY15_BATCH_SIZE=$batch
 "$bin/webhook" >"$work/webhook.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 500); do curl -sf "$url/health" >/dev/null 2>&1 && break; sleep 0.02; done
+wait_http "$url/health"
 "$generator" --url "$url" load --json --rate 0 --events "$events" --batch-size 100 \
   --concurrency 8 >"$work/fill.json" 2>/dev/null
 

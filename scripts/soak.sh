@@ -41,7 +41,7 @@ echo "== building release binaries"
 bin="$root/target/release"
 
 work="$(mktemp -d /tmp/soak.XXXXXX)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/scripts/lib.sh"
 port="$(free_port)"
 url="http://127.0.0.1:$port"
 prefix="soak$$"
@@ -75,12 +75,8 @@ export DAY15_SHUTDOWN_TIMEOUT_SECONDS=15
 unset DAY15_WEBHOOK_SECRET DAY15_FAULT_INJECTION DAY15_USE_MOCK_REDIS DAY15_REDIS_URL 2>/dev/null || true
 
 if [ "$backend" = redis ]; then
-    redis_port="$(free_port)"
-    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no \
-        >"$work/redis.log" 2>&1 &
-    redis_pid=$!
+    start_redis
     export DAY15_REDIS_URL="redis://127.0.0.1:$redis_port/0"
-    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
 cd "$work"

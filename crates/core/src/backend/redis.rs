@@ -416,22 +416,6 @@ impl RedisBackend {
         Ok((out, next_due))
     }
 
-    /// `claim_now`, re-creating the consumer group once if Redis lost it.
-    async fn claim_now_with_group(
-        &self,
-        consumer: &str,
-        max: usize,
-    ) -> Result<(Vec<Delivery>, Option<i64>), CallError> {
-        match self.claim_now(consumer, max).await {
-            Err(e) if e.is_nogroup() => {
-                tracing::warn!(url = %self.redacted_url, "consumer group missing; re-creating it");
-                self.ensure_group().await?;
-                self.claim_now(consumer, max).await
-            }
-            other => other,
-        }
-    }
-
     async fn blocking_connection(&self) -> Result<MultiplexedConnection, CallError> {
         let idle = self
             .blocking
@@ -501,21 +485,6 @@ impl RedisBackend {
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
         Ok(stream_read_deliveries(&reply, consumer))
-    }
-
-    async fn blocking_read_with_group(
-        &self,
-        consumer: &str,
-        max: usize,
-        block: Duration,
-    ) -> Result<Vec<Delivery>, CallError> {
-        match self.blocking_read(consumer, max, block).await {
-            Err(e) if e.is_nogroup() => {
-                self.ensure_group().await?;
-                self.blocking_read(consumer, max, block).await
-            }
-            other => other,
-        }
     }
 
     /// Runs the settle script once. Returns the acked entries that were no longer pending
@@ -597,15 +566,17 @@ impl RedisBackend {
         bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await
     }
 
-    /// `settle_once`, re-creating the consumer group once if Redis lost it.
-    async fn settle_once_with_group(
-        &self,
-        settlements: &[Settlement],
-    ) -> Result<Vec<String>, CallError> {
-        match self.settle_once(settlements).await {
+    /// Runs `call`, and once more after re-creating the consumer group if Redis lost it (a
+    /// restart without persistence).
+    async fn with_group<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T, CallError>
+    where
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        match call().await {
             Err(e) if e.is_nogroup() => {
+                tracing::warn!(url = %self.redacted_url, "consumer group missing; re-creating it");
                 self.ensure_group().await?;
-                self.settle_once(settlements).await
+                call().await
             }
             other => other,
         }
@@ -832,7 +803,7 @@ impl Backend for RedisBackend {
         }
         loop {
             let (got, next_due) = self
-                .claim_now_with_group(consumer, max)
+                .with_group(|| self.claim_now(consumer, max))
                 .await
                 .map_err(self.fail("claim"))?;
             if !got.is_empty() {
@@ -850,7 +821,7 @@ impl Backend for RedisBackend {
             // Deliberately not raced against `cancel`: dropping a read in flight could strand
             // entries Redis already delivered until their lease runs out. A slice is short.
             let got = self
-                .blocking_read_with_group(consumer, max, slice)
+                .with_group(|| self.blocking_read(consumer, max, slice))
                 .await
                 .map_err(self.fail("claim (blocking read)"))?;
             if !got.is_empty() {
@@ -864,7 +835,7 @@ impl Backend for RedisBackend {
         // Each pass drops at least one ack (the stale ones are among them), so this ends.
         while !settlements.is_empty() {
             let stale: HashSet<String> = self
-                .settle_once_with_group(&settlements)
+                .with_group(|| self.settle_once(&settlements))
                 .await
                 .map_err(self.fail("settle"))?
                 .into_iter()

@@ -419,21 +419,29 @@ pub async fn dead_letter_list_replay_and_purge(h: &dyn Harness) {
     assert_eq!(b.dlq_replay(DlqSelection::All).await.unwrap(), 0);
 }
 
-pub async fn effect_is_applied_once_under_redelivery(h: &dyn Harness) {
+/// A backend with a 300 ms lease and one event `id` delivered twice: the first lease ran out
+/// before a second claim got the event. Returns the backend, the stale delivery and the
+/// current one.
+async fn lost_lease(h: &dyn Harness, id: &str) -> (Arc<dyn Backend>, Delivery, Delivery) {
     let b = h
         .open(BackendOptions {
             visibility_timeout: Duration::from_millis(300),
             ..opts()
         })
         .await;
-    b.enqueue(vec![ev("once")]).await.unwrap();
-    let slow = claim(&b, 1, 0).await.remove(0);
-    // The slow consumer's lease runs out; a second consumer gets the same event and applies it.
-    let fast = eventually("redelivery", Duration::from_secs(10), || {
+    b.enqueue(vec![ev(id)]).await.unwrap();
+    let stale = claim(&b, 1, 0).await.remove(0);
+    let current = eventually("redelivery", Duration::from_secs(10), || {
         let b = b.clone();
         async move { claim(&b, 1, 100).await.pop() }
     })
     .await;
+    (b, stale, current)
+}
+
+pub async fn effect_is_applied_once_under_redelivery(h: &dyn Harness) {
+    // The slow consumer's lease runs out; a second consumer gets the same event and applies it.
+    let (b, slow, fast) = lost_lease(h, "once").await;
     b.settle(vec![ack(fast, true)]).await.unwrap();
     // The slow consumer finally acks too: must not apply again.
     b.settle(vec![ack(slow, true)]).await.unwrap();
@@ -446,19 +454,7 @@ pub async fn effect_is_applied_once_under_redelivery(h: &dyn Harness) {
 /// One batch mixing a stale ack (its event was applied meanwhile by another consumer) with
 /// current ones: the current events are applied and acked, the stale one not applied again.
 pub async fn stale_ack_in_a_batch_leaves_the_rest_applied(h: &dyn Harness) {
-    let b = h
-        .open(BackendOptions {
-            visibility_timeout: Duration::from_millis(300),
-            ..opts()
-        })
-        .await;
-    b.enqueue(vec![ev("first")]).await.unwrap();
-    let slow = claim(&b, 1, 0).await.remove(0);
-    let fast = eventually("redelivery", Duration::from_secs(10), || {
-        let b = b.clone();
-        async move { claim(&b, 1, 100).await.pop() }
-    })
-    .await;
+    let (b, slow, fast) = lost_lease(h, "first").await;
     b.settle(vec![ack(fast, true)]).await.unwrap();
     b.enqueue(vec![ev("second"), ev("third")]).await.unwrap();
     let mut batch = vec![ack(slow, true)];
@@ -472,19 +468,7 @@ pub async fn stale_ack_in_a_batch_leaves_the_rest_applied(h: &dyn Harness) {
 }
 
 pub async fn stale_settlement_after_lost_lease_is_ignored(h: &dyn Harness) {
-    let b = h
-        .open(BackendOptions {
-            visibility_timeout: Duration::from_millis(300),
-            ..opts()
-        })
-        .await;
-    b.enqueue(vec![ev("contested")]).await.unwrap();
-    let stale = claim(&b, 1, 0).await.remove(0);
-    let current = eventually("redelivery", Duration::from_secs(10), || {
-        let b = b.clone();
-        async move { claim(&b, 1, 100).await.pop() }
-    })
-    .await;
+    let (b, stale, current) = lost_lease(h, "contested").await;
     b.settle(vec![Settlement::DeadLetter {
         delivery: stale,
         reason: FailureReason::Permanent,
@@ -505,19 +489,7 @@ pub async fn stale_settlement_after_lost_lease_is_ignored(h: &dyn Harness) {
 /// new event was enqueued: the late ack must remove nothing but its own lease (a store that
 /// reuses row ids once the newest row is gone would otherwise drop the new event unapplied).
 pub async fn stale_ack_never_removes_a_newer_event(h: &dyn Harness) {
-    let b = h
-        .open(BackendOptions {
-            visibility_timeout: Duration::from_millis(300),
-            ..opts()
-        })
-        .await;
-    b.enqueue(vec![ev("first")]).await.unwrap();
-    let slow = claim(&b, 1, 0).await.remove(0);
-    let fast = eventually("redelivery", Duration::from_secs(10), || {
-        let b = b.clone();
-        async move { claim(&b, 1, 100).await.pop() }
-    })
-    .await;
+    let (b, slow, fast) = lost_lease(h, "first").await;
     b.settle(vec![ack(fast, true)]).await.unwrap();
     b.enqueue(vec![ev("second")]).await.unwrap();
     b.settle(vec![ack(slow, true)]).await.unwrap();

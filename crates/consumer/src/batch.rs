@@ -372,9 +372,8 @@ impl Consumer {
             "Batch complete: {success} success, {} failed",
             outcomes.len() - success
         );
-        if let (Some(dashboard), Some(mut deltas)) = (self.dashboard.as_mut(), decided.deltas) {
-            deltas.timestamp = pipeline_core::event::format_received_at(Utc::now());
-            dashboard.publish(deltas);
+        if let (Some(dashboard), Some(deltas)) = (self.dashboard.as_mut(), decided.deltas) {
+            dashboard.publish(deltas.finish(pipeline_core::event::format_received_at(Utc::now())));
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pipeline_core::analytics::{counters, maps, Effect};
+use pipeline_core::analytics::{add_to_maps, counters, counts, maps, Effect, FailureCounts, Maps};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -43,10 +43,9 @@ pub struct BatchDeltas {
     pub processed: u64,
     /// Events acked without effect (dry run).
     pub dry_run: u64,
-    /// Failed attempts: `retried + dead_lettered`.
-    pub failed: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
+    /// Failed attempts (`failed`, `retried`, `dead_lettered`), as the backend counts them.
+    #[serde(flatten)]
+    pub failures: FailureCounts,
     /// Processed events of a type the consumers do not know.
     pub unhandled: u64,
     pub events_by_type: BTreeMap<String, u64>,
@@ -62,12 +61,10 @@ pub struct BatchDeltas {
     pub usage_quantity: u64,
     pub usage_events_by_feature: BTreeMap<String, u64>,
     pub usage_quantity_by_feature: BTreeMap<String, u64>,
-}
-
-fn add(map: &mut BTreeMap<String, u64>, key: &str, by: f64) -> u64 {
-    let by = by.max(0.0).round() as u64;
-    *map.entry(key.to_string()).or_insert(0) += by;
-    by
+    /// The batch's effects summed per map and field; the fields above are read from it by
+    /// [`BatchDeltas::finish`].
+    #[serde(skip)]
+    effects: Maps,
 }
 
 impl BatchDeltas {
@@ -81,56 +78,36 @@ impl BatchDeltas {
     /// Counts one decided event.
     pub fn record(&mut self, outcome: &Outcome, effect: Option<&Effect>) {
         self.batch_size += 1;
-        match outcome {
-            Outcome::Processed { .. } => {}
-            Outcome::DryRun => self.dry_run += 1,
-            Outcome::Retrying { .. } => {
-                self.failed += 1;
-                self.retried += 1;
-            }
-            Outcome::DeadLettered { .. } => {
-                self.failed += 1;
-                self.dead_lettered += 1;
-            }
+        if matches!(outcome, Outcome::DryRun) {
+            self.dry_run += 1;
         }
-        let Some(effect) = effect else { return };
-        for inc in &effect.increments {
-            let field = inc.field.as_str();
-            match inc.map.as_str() {
-                maps::COUNTERS if field == counters::PROCESSED => {
-                    self.processed += inc.by.max(0.0) as u64
-                }
-                maps::COUNTERS if field == counters::UNHANDLED => {
-                    self.unhandled += inc.by.max(0.0) as u64
-                }
-                maps::EVENTS_BY_TYPE => {
-                    add(&mut self.events_by_type, field, inc.by);
-                }
-                maps::SIGNUPS_BY_SOURCE => {
-                    self.signups += add(&mut self.signups_by_source, field, inc.by);
-                }
-                maps::SIGNUPS_BY_COUNTRY => {
-                    add(&mut self.signups_by_country, field, inc.by);
-                }
-                maps::SUBSCRIPTIONS_BY_PLAN => {
-                    self.subscriptions += add(&mut self.subscriptions_by_plan, field, inc.by);
-                }
-                maps::MRR_BY_PLAN => {
-                    self.mrr_delta += inc.by;
-                    *self
-                        .mrr_delta_by_plan
-                        .entry(field.to_string())
-                        .or_insert(0.0) += inc.by;
-                }
-                maps::USAGE_EVENTS_BY_FEATURE => {
-                    self.usage_events += add(&mut self.usage_events_by_feature, field, inc.by);
-                }
-                maps::USAGE_QUANTITY_BY_FEATURE => {
-                    self.usage_quantity += add(&mut self.usage_quantity_by_feature, field, inc.by);
-                }
-                _ => {}
-            }
+        self.failures.count(outcome.counted());
+        if let Some(effect) = effect {
+            add_to_maps(&mut self.effects, &effect.increments);
         }
+    }
+
+    /// The document to send: the figures read from the summed effects, stamped `timestamp`.
+    pub fn finish(mut self, timestamp: String) -> Self {
+        let map = |name: &str| self.effects.get(name).cloned().unwrap_or_default();
+        let counters = counts(map(maps::COUNTERS));
+        let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
+        self.timestamp = timestamp;
+        self.processed = counter(counters::PROCESSED);
+        self.unhandled = counter(counters::UNHANDLED);
+        self.events_by_type = counts(map(maps::EVENTS_BY_TYPE));
+        self.signups_by_source = counts(map(maps::SIGNUPS_BY_SOURCE));
+        self.signups = self.signups_by_source.values().sum();
+        self.signups_by_country = counts(map(maps::SIGNUPS_BY_COUNTRY));
+        self.subscriptions_by_plan = counts(map(maps::SUBSCRIPTIONS_BY_PLAN));
+        self.subscriptions = self.subscriptions_by_plan.values().sum();
+        self.mrr_delta_by_plan = map(maps::MRR_BY_PLAN);
+        self.mrr_delta = self.mrr_delta_by_plan.values().sum();
+        self.usage_events_by_feature = counts(map(maps::USAGE_EVENTS_BY_FEATURE));
+        self.usage_events = self.usage_events_by_feature.values().sum();
+        self.usage_quantity_by_feature = counts(map(maps::USAGE_QUANTITY_BY_FEATURE));
+        self.usage_quantity = self.usage_quantity_by_feature.values().sum();
+        self
     }
 }
 
@@ -287,8 +264,14 @@ mod tests {
             },
             None,
         );
+        let d = d.finish(String::new());
         assert_eq!(
-            (d.batch_size, d.processed, d.failed, d.retried),
+            (
+                d.batch_size,
+                d.processed,
+                d.failures.failed,
+                d.failures.retried
+            ),
             (5, 4, 1, 1)
         );
         assert_eq!(d.signups, 1);

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use pipeline_core::analytics::{describe, effect_of};
+use pipeline_core::analytics::{counting, describe, effect_of};
 use pipeline_core::backend::{Delivery, FailureReason, Settlement};
 use pipeline_core::config::Config;
 use pipeline_core::event::Event;
@@ -51,6 +51,15 @@ impl Outcome {
     /// Whether the event counts as a success in `Batch complete: N success, M failed`.
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Processed { .. } | Outcome::DryRun)
+    }
+
+    /// The pipeline counters this outcome adds one to, by the backend's own rules.
+    pub fn counted(&self) -> &'static [&'static str] {
+        match self {
+            Outcome::Processed { .. } | Outcome::DryRun => &[],
+            Outcome::Retrying { .. } => counting::RETRY,
+            Outcome::DeadLettered { .. } => counting::DEAD_LETTER,
+        }
     }
 }
 
@@ -230,7 +239,7 @@ mod tests {
 
     fn delivery(payload: serde_json::Value, attempt: u32) -> Delivery {
         Delivery {
-            handle: "1:1".into(),
+            lease: pipeline_core::backend::Lease::Memory { key: 1, token: 1 },
             event_id: EventId::parse("evt_1").unwrap(),
             payload: payload.to_string(),
             attempt,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use pipeline_core::analytics::FailureCounts;
 use pipeline_core::latency::{self, bucket_of, Percentiles};
 
 use crate::handlers::Outcome;
@@ -34,12 +35,9 @@ pub struct ProcessingStats {
     pub processed: u64,
     /// Of `processed`, events acked without effect because of DAY15_DRY_RUN.
     pub dry_run: u64,
-    /// Events whose attempt failed (`retried + dead_lettered`).
-    pub failed: u64,
-    /// Failed attempts scheduled for a retry.
-    pub retried: u64,
-    /// Events sent to the DLQ (permanent failures and exhausted retries).
-    pub dead_lettered: u64,
+    /// Failed attempts: scheduled for a retry, or sent to the DLQ (permanent failures and
+    /// exhausted retries).
+    pub failures: FailureCounts,
     /// Batches whose settle gave up at shutdown; their events come back after the lease.
     pub unsettled_batches: u64,
     /// `None` when dashboard updates are off.
@@ -59,9 +57,7 @@ impl ProcessingStats {
             batches: 0,
             processed: 0,
             dry_run: 0,
-            failed: 0,
-            retried: 0,
-            dead_lettered: 0,
+            failures: FailureCounts::default(),
             unsettled_batches: 0,
             dashboard: None,
             latency_buckets: BTreeMap::new(),
@@ -90,13 +86,8 @@ impl ProcessingStats {
                 self.processed += 1;
                 self.dry_run += 1;
             }
-            Outcome::Retrying { .. } => {
-                self.failed += 1;
-                self.retried += 1;
-            }
-            Outcome::DeadLettered { .. } => {
-                self.failed += 1;
-                self.dead_lettered += 1;
+            Outcome::Retrying { .. } | Outcome::DeadLettered { .. } => {
+                self.failures.count(outcome.counted())
             }
         }
     }
@@ -139,7 +130,7 @@ impl ProcessingStats {
             format!("Events processed: {}", self.processed),
             format!(
                 "Events failed: {} (retried: {}, dead-lettered: {})",
-                self.failed, self.retried, self.dead_lettered
+                self.failures.failed, self.failures.retried, self.failures.dead_lettered
             ),
             format!("Average latency: {:.2}ms", self.average_latency_ms()),
             format!("P99 latency: {:.2}ms", self.latency().p99_ms),
@@ -198,7 +189,12 @@ mod tests {
             reason: pipeline_core::backend::FailureReason::Permanent,
         });
         assert_eq!(
-            (s.processed, s.failed, s.retried, s.dead_lettered),
+            (
+                s.processed,
+                s.failures.failed,
+                s.failures.retried,
+                s.failures.dead_lettered
+            ),
             (3, 2, 1, 1)
         );
         assert!((s.average_latency_ms() - 2.0).abs() < 1e-9);

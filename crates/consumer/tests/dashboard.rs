@@ -130,7 +130,7 @@ async fn a_dashboard_that_refuses_connections_does_not_fail_events() {
     counter_reaches(&backend, counters::PROCESSED, 2).await;
     let stats = consumer.stop().await.unwrap();
 
-    assert_eq!((stats.processed, stats.failed), (2, 0));
+    assert_eq!((stats.processed, stats.failures.failed), (2, 0));
     let m = metrics(&backend).await;
     assert_eq!(m.counter(counters::FAILED), 0);
     let counts = stats.dashboard.expect("dashboard counts are reported");

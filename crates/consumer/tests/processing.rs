@@ -174,7 +174,7 @@ async fn a_known_mix_of_events_gives_exact_analytics() {
     );
 
     assert_eq!(stats.processed, total);
-    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.failures.failed, 0);
     assert!(stats.batches >= total.div_ceil(4), "{stats:?}");
     assert_eq!(backend.depths().await.unwrap().queue, 0);
 }
@@ -191,7 +191,7 @@ async fn transient_failure_is_processed_on_the_third_attempt() {
     let m = metrics(&backend).await;
     assert_eq!(m.counter(counters::RETRIED), 2);
     assert_eq!(m.counter(counters::DEAD_LETTERED), 0);
-    assert_eq!((stats.processed, stats.retried), (1, 2));
+    assert_eq!((stats.processed, stats.failures.retried), (1, 2));
     assert!(backend.dlq_list(10, 0).await.unwrap().is_empty());
 }
 
@@ -209,7 +209,10 @@ async fn permanent_failure_is_dead_lettered_after_all_retries_and_replay_process
     })
     .await;
     let stats = consumer.stop().await.unwrap();
-    assert_eq!((stats.retried, stats.dead_lettered), (2, 1));
+    assert_eq!(
+        (stats.failures.retried, stats.failures.dead_lettered),
+        (2, 1)
+    );
 
     let dlq = backend.dlq_list(10, 0).await.unwrap();
     assert_eq!(dlq.len(), 1);
@@ -274,7 +277,7 @@ async fn simulate_failure_is_ignored_without_fault_injection() {
     let consumer = start(config, &backend);
     counter_reaches(&backend, counters::PROCESSED, 2).await;
     let stats = consumer.stop().await.unwrap();
-    assert_eq!((stats.failed, stats.retried), (0, 0));
+    assert_eq!((stats.failures.failed, stats.failures.retried), (0, 0));
     assert_eq!(metrics(&backend).await.counter(counters::FAILED), 0);
 }
 

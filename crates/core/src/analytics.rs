@@ -65,6 +65,111 @@ pub mod counters {
     ];
 }
 
+/// What settling a failed attempt counts. The one home of the rules "a retry counts `failed`
+/// and `retried`, a dead letter `failed` and `dead_lettered`": every backend applies them in
+/// its settle step (only when the settlement takes effect), and the consumer's statistics and
+/// dashboard push count through [`FailureCounts`].
+pub mod counting {
+    use super::counters::{DEAD_LETTERED, FAILED, RETRIED};
+
+    /// Counters a retry adds one to.
+    pub const RETRY: &[&str] = &[FAILED, RETRIED];
+    /// Counters a dead letter adds one to.
+    pub const DEAD_LETTER: &[&str] = &[FAILED, DEAD_LETTERED];
+}
+
+/// The failure counters as plain numbers, filled by the rules of [`counting`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FailureCounts {
+    /// Failed attempts: retries plus dead letters.
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+impl FailureCounts {
+    /// Adds one to each counter a rule of [`counting`] names.
+    pub fn count(&mut self, rule: &[&str]) {
+        for name in rule {
+            match *name {
+                counters::FAILED => self.failed += 1,
+                counters::RETRIED => self.retried += 1,
+                counters::DEAD_LETTERED => self.dead_lettered += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How a stored metric map is read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapShape {
+    /// Every field with its number.
+    Summed,
+    /// Only the number of fields ([`maps::USERS`]).
+    Distinct,
+    /// Only the [`TOP_USERS`] largest fields ([`maps::USAGE_BY_USER`]).
+    Ranked,
+}
+
+impl MapShape {
+    /// The shape of the map `name`: the one place the distinct and ranked maps are named.
+    pub fn of(name: &str) -> MapShape {
+        match name {
+            maps::USERS => MapShape::Distinct,
+            maps::USAGE_BY_USER => MapShape::Ranked,
+            _ => MapShape::Summed,
+        }
+    }
+}
+
+/// Increments summed per `(map, field)`, borrowing the names: how a batch's effects are folded
+/// so that each metric is written once per batch, whatever the batch size.
+#[derive(Debug, Clone, Default)]
+pub struct Sums<'a>(std::collections::HashMap<(&'a str, &'a str), f64>);
+
+impl<'a> Sums<'a> {
+    pub fn of(increments: impl IntoIterator<Item = &'a Increment>) -> Self {
+        let mut sums = Sums::default();
+        sums.extend(increments);
+        sums
+    }
+
+    pub fn extend(&mut self, increments: impl IntoIterator<Item = &'a Increment>) {
+        for i in increments {
+            *self.0.entry((&i.map, &i.field)).or_insert(0.0) += i.by;
+        }
+    }
+
+    /// Distinct `(map, field)` pairs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `(map, field, sum)`, each pair once, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str, f64)> + '_ {
+        self.0.iter().map(|(&(map, field), &by)| (map, field, by))
+    }
+}
+
+/// Metric maps held in memory, `map -> field -> number`.
+pub type Maps = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Adds increments to maps held in memory.
+pub fn add_to_maps(maps: &mut Maps, increments: &[Increment]) {
+    for (map, field, by) in Sums::of(increments).iter() {
+        *maps
+            .entry(map.to_string())
+            .or_default()
+            .entry(field.to_string())
+            .or_insert(0.0) += by;
+    }
+}
+
 /// How many users `/analytics` lists by usage.
 pub const TOP_USERS: usize = 10;
 /// How many minutes of per-minute counts are kept and shown.
@@ -251,14 +356,27 @@ impl MetricsSnapshot {
 
     /// Merges increments not yet stored (a process's unflushed local counts).
     pub fn add(&mut self, increments: &[Increment]) {
-        for i in increments {
-            *self
-                .maps
-                .entry(i.map.clone())
-                .or_default()
-                .entry(i.field.clone())
-                .or_insert(0.0) += i.by;
+        add_to_maps(&mut self.maps, increments);
+    }
+
+    /// The snapshot of maps held whole in memory, each read back by its [`MapShape`].
+    pub fn from_maps(all: &Maps) -> Self {
+        let mut snapshot = MetricsSnapshot::default();
+        for (name, map) in all {
+            match MapShape::of(name) {
+                MapShape::Summed => {
+                    snapshot.maps.insert(name.clone(), map.clone());
+                }
+                MapShape::Distinct => snapshot.distinct_users = map.len() as u64,
+                MapShape::Ranked => {
+                    let mut top: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                    top.truncate(TOP_USERS);
+                    snapshot.top_users = top;
+                }
+            }
         }
+        snapshot
     }
 }
 
@@ -328,7 +446,9 @@ pub struct AnalyticsSnapshot {
     pub end_to_end_latency: Percentiles,
 }
 
-fn counts(map: BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+/// A map of counts as whole numbers (a stored count is never negative or fractional, but a
+/// float store is read defensively).
+pub fn counts(map: BTreeMap<String, f64>) -> BTreeMap<String, u64> {
     map.into_iter()
         .map(|(k, v)| (k, v.max(0.0).round() as u64))
         .collect()
@@ -433,20 +553,11 @@ mod tests {
             json!({"event_id":"e","event_type":"usage_tracked","user_id":"u3","timestamp":"2025-12-16T10:00:00Z","metadata":{"feature":"api_call"}}),
             json!({"event_id":"f","event_type":"page_view","timestamp":"2025-12-16T10:00:00Z"}),
         ];
-        let mut m = MetricsSnapshot::default();
+        let mut stored = Maps::new();
         for e in events {
-            m.add(&effect_of(&event(e), now).increments);
+            add_to_maps(&mut stored, &effect_of(&event(e), now).increments);
         }
-        let users = m.maps.remove(maps::USERS).unwrap();
-        m.distinct_users = users.len() as u64;
-        let mut top: Vec<_> = m
-            .maps
-            .remove(maps::USAGE_BY_USER)
-            .unwrap()
-            .into_iter()
-            .collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1));
-        m.top_users = top;
+        let m = MetricsSnapshot::from_maps(&stored);
 
         let a = AnalyticsSnapshot::from_metrics(&m, now);
         assert_eq!(a.events_processed, 6);

@@ -4,7 +4,7 @@
 //! trait method is atomic exactly like one SQLite transaction or one Lua script. Nothing
 //! survives the process.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::analytics::{counters, maps, TOP_USERS};
+use crate::analytics::{add_to_maps, counters, maps, Maps};
 
 /// One queued event.
 struct Entry {
@@ -39,7 +39,7 @@ struct State {
     /// (due ms, key) of entries waiting for a retry.
     delayed: BTreeSet<(i64, u64)>,
     dlq: Vec<DeadLetter>,
-    metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    metrics: Maps,
     next_key: u64,
     next_token: u64,
     /// When expired id marks are next swept (epoch ms).
@@ -48,13 +48,18 @@ struct State {
 
 impl State {
     fn add(&mut self, increments: &[Increment]) {
-        for i in increments {
+        add_to_maps(&mut self.metrics, increments);
+    }
+
+    /// Adds one to each of the counters `names`.
+    fn count(&mut self, names: &[&str]) {
+        for name in names {
             *self
                 .metrics
-                .entry(i.map.clone())
+                .entry(maps::COUNTERS.to_string())
                 .or_default()
-                .entry(i.field.clone())
-                .or_insert(0.0) += i.by;
+                .entry(name.to_string())
+                .or_insert(0.0) += 1.0;
         }
     }
 
@@ -98,11 +103,12 @@ impl State {
         }
     }
 
-    /// The entry of a delivery handle, if its lease is still the one in the handle.
-    fn leased_entry(&self, handle: &str) -> Option<(u64, u64)> {
-        let (key, token) = handle.split_once(':')?;
-        let (key, token) = (key.parse().ok()?, token.parse().ok()?);
-        (self.entries.get(&key)?.lease?.0 == token).then_some((key, token))
+    /// The entry a lease names, if that lease is still its current one.
+    fn leased_entry(&self, lease: &Lease) -> Option<u64> {
+        let Lease::Memory { key, token } = *lease else {
+            return None;
+        };
+        (self.entries.get(&key)?.lease?.0 == token).then_some(key)
     }
 
     /// Ends the lease of an entry, if any.
@@ -164,7 +170,7 @@ impl MemoryBackend {
             };
             e.lease = Some((token, lease_until));
             out.push(Delivery {
-                handle: format!("{key}:{token}"),
+                lease: Lease::Memory { key, token },
                 event_id: e.event_id.clone(),
                 payload: e.payload.clone(),
                 attempt: e.failures + 1,
@@ -268,15 +274,13 @@ impl Backend for MemoryBackend {
         let mut st = self.lock();
         let mut requeued = false;
         for s in settlements {
+            let Some(key) = st.leased_entry(&s.delivery().lease) else {
+                continue;
+            };
+            st.count(s.counted());
             match s {
-                Settlement::Ack { delivery, effect } => {
-                    let key = delivery
-                        .handle
-                        .split_once(':')
-                        .map(|(k, _)| k.parse::<u64>());
-                    if let Some(Ok(key)) = key {
-                        st.release(key);
-                    }
+                Settlement::Ack { effect, .. } => {
+                    st.release(key);
                     if let Some(effect) = effect {
                         let done = st
                             .processed
@@ -293,18 +297,11 @@ impl Backend for MemoryBackend {
                     not_before,
                     ..
                 } => {
-                    let Some((key, _)) = st.leased_entry(&delivery.handle) else {
-                        continue;
-                    };
                     st.unlease(key);
                     if let Some(e) = st.entries.get_mut(&key) {
                         e.failures = delivery.attempt;
                     }
                     st.delayed.insert((epoch_millis(not_before), key));
-                    st.add(&[
-                        Increment::counter(counters::FAILED),
-                        Increment::counter(counters::RETRIED),
-                    ]);
                     requeued = true;
                 }
                 Settlement::DeadLetter {
@@ -312,9 +309,6 @@ impl Backend for MemoryBackend {
                     reason,
                     error,
                 } => {
-                    let Some((key, _)) = st.leased_entry(&delivery.handle) else {
-                        continue;
-                    };
                     if let Some(e) = st.release(key) {
                         st.dlq.push(DeadLetter {
                             event_id: e.event_id,
@@ -325,10 +319,6 @@ impl Backend for MemoryBackend {
                             failed_at: format_millis(now),
                         });
                     }
-                    st.add(&[
-                        Increment::counter(counters::FAILED),
-                        Increment::counter(counters::DEAD_LETTERED),
-                    ]);
                 }
             }
         }
@@ -391,22 +381,6 @@ impl Backend for MemoryBackend {
     }
 
     async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
-        let st = self.lock();
-        let mut snapshot = MetricsSnapshot::default();
-        for (name, map) in &st.metrics {
-            match name.as_str() {
-                maps::USERS => snapshot.distinct_users = map.len() as u64,
-                maps::USAGE_BY_USER => {
-                    let mut top: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                    top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                    top.truncate(TOP_USERS);
-                    snapshot.top_users = top;
-                }
-                _ => {
-                    snapshot.maps.insert(name.clone(), map.clone());
-                }
-            }
-        }
-        Ok(snapshot)
+        Ok(MetricsSnapshot::from_maps(&self.lock().metrics))
     }
 }

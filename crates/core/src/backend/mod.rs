@@ -95,11 +95,32 @@ pub enum EnqueueOutcome {
     Duplicate,
 }
 
+/// Proof of one claim on one stored event, made by the backend that granted it.
+///
+/// Every backend settles an event only while the lease a settlement carries is still the
+/// event's current one: once a lease has run out and the event was claimed again, the old
+/// lease can no longer ack, retry or dead-letter it (such a settlement is ignored, and the
+/// current holder settles the event). A lease of another backend is never current.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lease {
+    /// A queue row and the random token its claim wrote on it (row ids are reused, tokens not).
+    Sqlite { row: i64, token: i64 },
+    /// A stream entry, the consumer it is pending for and its delivery count at the claim (a
+    /// consumer may take over its own stalled entry, so the consumer alone is not enough).
+    Redis {
+        entry: String,
+        consumer: String,
+        deliveries: u64,
+    },
+    /// An in-memory entry and its claim token.
+    Memory { key: u64, token: u64 },
+}
+
 /// One claimed event, leased to the claiming consumer until settled or the lease runs out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// Backend-specific identity of this lease (row and claim token, stream entry id, …).
-    pub handle: String,
+    /// Which claim this delivery is: what settling it checks.
+    pub lease: Lease,
     pub event_id: EventId,
     pub payload: String,
     /// 1 on the first attempt; 1 + failed attempts so far after retries. Redeliveries after a
@@ -128,29 +149,52 @@ impl FailureReason {
 /// What a consumer decided for one delivery; a batch of these is settled at once.
 #[derive(Debug, Clone)]
 pub enum Settlement {
-    /// Done: remove it, and apply `effect` unless the event was applied before: a redelivery
-    /// of an applied event (its earlier lease ran out, another consumer settled it, or this
-    /// settle is repeated after a lost answer) is removed without its effect. SQLite and
-    /// memory keep a processed mark per event id; Redis applies an entry only while it is
-    /// still pending (the idempotent enqueue keeps one entry per event id).
+    /// Done: remove it and apply `effect`, both only while the lease is current. An ack whose
+    /// lease is stale (it ran out and the event was claimed again, or this settle is repeated
+    /// after a lost answer) changes nothing: the effect is applied by whoever settles the
+    /// current lease. SQLite and memory also keep a processed mark per event id, so an effect
+    /// is never applied twice for one id within the idempotency TTL; Redis applies an entry
+    /// only while it is pending for this lease (the idempotent enqueue keeps one entry per
+    /// event id).
     Ack {
         delivery: Delivery,
         effect: Option<Effect>,
     },
-    /// Failed, try again no earlier than `not_before` with `attempt + 1`. Counts `failed` and
-    /// `retried`. Ignored when the lease was lost meanwhile (another consumer owns it).
+    /// Failed, try again no earlier than `not_before` with `attempt + 1`. Counts
+    /// [`Settlement::counted`]. Ignored when the lease is stale.
     Retry {
         delivery: Delivery,
         not_before: SystemTime,
         error: String,
     },
-    /// Park it in the DLQ with `attempts = delivery.attempt`. Counts `failed` and
-    /// `dead_lettered`. Ignored when the lease was lost meanwhile.
+    /// Park it in the DLQ with `attempts = delivery.attempt`. Counts [`Settlement::counted`].
+    /// Ignored when the lease is stale.
     DeadLetter {
         delivery: Delivery,
         reason: FailureReason,
         error: String,
     },
+}
+
+impl Settlement {
+    /// The delivery this settles.
+    pub fn delivery(&self) -> &Delivery {
+        match self {
+            Settlement::Ack { delivery, .. }
+            | Settlement::Retry { delivery, .. }
+            | Settlement::DeadLetter { delivery, .. } => delivery,
+        }
+    }
+
+    /// The pipeline counters this settlement adds one to when it takes effect (see
+    /// [`crate::analytics::counting`]); an ack's counts are in its effect.
+    pub fn counted(&self) -> &'static [&'static str] {
+        match self {
+            Settlement::Ack { .. } => &[],
+            Settlement::Retry { .. } => crate::analytics::counting::RETRY,
+            Settlement::DeadLetter { .. } => crate::analytics::counting::DEAD_LETTER,
+        }
+    }
 }
 
 /// A dead-lettered event as listed by `/dlq` and `consumer dlq list`.

@@ -12,10 +12,10 @@
 //! - Settled entries are `XACK`ed *and* `XDEL`eted, so the stream only ever holds unread and
 //!   in-flight entries: `XLEN` is exactly that part of the queue depth, no counter has to be
 //!   kept in step, and no `XTRIM` is needed.
-//! - A [`Delivery::handle`] is `<entry id>:<delivery count>:<consumer>`. The delivery count
-//!   (from the pending-entries list) identifies the lease: a consumer may take over its own
-//!   stalled entry, so the consumer name alone could not tell a stale settlement from a
-//!   current one.
+//! - A [`Lease::Redis`] is the entry id, the consumer and the delivery count (from the
+//!   pending-entries list) of the claim: a consumer may take over its own stalled entry, so the
+//!   consumer name alone could not tell a stale settlement from a current one. Every
+//!   settlement checks both against the pending-entries list inside its script.
 //! - Exactly-once analytics needs no applied mark per event: an entry's effect is applied by
 //!   the script that acks it, and only while the entry is still pending, so the pending list
 //!   itself records what was applied. The consumer sums a batch's effects per field, so Redis
@@ -39,7 +39,9 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::analytics::{counters, maps, MetricsSnapshot, MINUTE_WINDOW, TOP_USERS};
+use crate::analytics::{
+    counters, counting, maps, MapShape, MetricsSnapshot, Sums, MINUTE_WINDOW, TOP_USERS,
+};
 use crate::config::redact_url;
 
 /// Longest time any backend call may take before it fails as [`BackendError::Unavailable`].
@@ -487,24 +489,35 @@ impl RedisBackend {
         Ok(stream_read_deliveries(&reply, consumer))
     }
 
-    /// Runs the settle script once. Returns the acked entries that were no longer pending
-    /// (another consumer settled them after this lease expired); then nothing was written.
+    /// Runs the settle script once. Returns the acked entries whose lease was not current
+    /// (another consumer claimed or settled them after this lease ran out); then nothing was
+    /// written. Settlements holding another backend's lease are left out: they settle nothing.
     async fn settle_once(&self, settlements: &[Settlement]) -> Result<Vec<String>, CallError> {
-        let mut acked = Vec::new();
-        let mut holder = "";
-        let mut sums: HashMap<(&str, &str), f64> = HashMap::new();
+        // Acks grouped by the consumer that holds them (one group in practice), each group
+        // with its lowest and highest entry id, for the script's one XPENDING range per group.
+        let mut groups: Vec<AckGroup<'_>> = Vec::new();
+        let mut sums = Sums::default();
         for s in settlements {
-            let Settlement::Ack { delivery, effect } = s else {
+            let (
+                Settlement::Ack { effect, .. },
+                Lease::Redis {
+                    entry,
+                    consumer,
+                    deliveries,
+                },
+            ) = (s, &s.delivery().lease)
+            else {
                 continue;
             };
-            let Some(lease) = parse_handle(&delivery.handle) else {
-                continue;
+            let at = match groups.iter().position(|g| g.consumer == consumer) {
+                Some(at) => at,
+                None => {
+                    groups.push(AckGroup::new(consumer));
+                    groups.len() - 1
+                }
             };
-            holder = lease.consumer;
-            acked.push(lease.entry);
-            for i in effect.iter().flat_map(|e| &e.increments) {
-                *sums.entry((&i.map, &i.field)).or_default() += i.by;
-            }
+            groups[at].add(entry, *deliveries);
+            sums.extend(effect.iter().flat_map(|e| &e.increments));
         }
         let now = epoch_millis(SystemTime::now());
         let mut inv = self.scripts.settle.prepare_invoke();
@@ -518,17 +531,31 @@ impl RedisBackend {
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(now)
             .arg(maps::COUNTERS)
-            .arg(counters::FAILED)
-            .arg(counters::RETRIED)
-            .arg(counters::DEAD_LETTERED)
-            .arg(holder)
-            .arg(acked.len())
-            .arg(&acked)
-            .arg(sums.len());
-        for ((map, field), by) in &sums {
-            inv.arg(*map).arg(*field).arg(*by);
+            .arg(counting::RETRY.join(" "))
+            .arg(counting::DEAD_LETTER.join(" "))
+            .arg(groups.len());
+        for g in &groups {
+            inv.arg(g.consumer)
+                .arg(g.lowest.map_or("-", |(_, e)| e))
+                .arg(g.highest.map_or("+", |(_, e)| e))
+                .arg(g.entries.len());
+            for (entry, deliveries) in &g.entries {
+                inv.arg(*entry).arg(*deliveries);
+            }
+        }
+        inv.arg(sums.len());
+        for (map, field, by) in sums.iter() {
+            inv.arg(map).arg(field).arg(by);
         }
         for s in settlements {
+            let Lease::Redis {
+                entry,
+                consumer,
+                deliveries,
+            } = &s.delivery().lease
+            else {
+                continue;
+            };
             match s {
                 Settlement::Ack { .. } => {}
                 Settlement::Retry {
@@ -536,12 +563,10 @@ impl RedisBackend {
                     not_before,
                     ..
                 } => {
-                    let Some(lease) = parse_handle(&delivery.handle) else {
-                        continue;
-                    };
                     inv.arg("R")
-                        .arg(lease.entry)
-                        .arg(lease.count)
+                        .arg(entry)
+                        .arg(consumer)
+                        .arg(deliveries)
                         .arg(delivery.attempt)
                         .arg(epoch_millis(*not_before));
                 }
@@ -550,12 +575,10 @@ impl RedisBackend {
                     reason,
                     error,
                 } => {
-                    let Some(lease) = parse_handle(&delivery.handle) else {
-                        continue;
-                    };
                     inv.arg("D")
-                        .arg(lease.entry)
-                        .arg(lease.count)
+                        .arg(entry)
+                        .arg(consumer)
+                        .arg(deliveries)
                         .arg(delivery.attempt)
                         .arg(reason.as_str())
                         .arg(error);
@@ -583,25 +606,47 @@ impl RedisBackend {
     }
 }
 
-/// One lease on a stream entry, as its [`Delivery::handle`] records it.
-struct Lease<'a> {
-    entry: &'a str,
-    /// The entry's delivery count when this lease was granted.
-    count: u64,
+/// The acks of one batch held by one consumer, as the settle script checks them.
+struct AckGroup<'a> {
     consumer: &'a str,
+    /// `(entry id, lease delivery count)`.
+    entries: Vec<(&'a str, u64)>,
+    /// The lowest and highest entry id, by stream order.
+    lowest: Option<((u64, u64), &'a str)>,
+    highest: Option<((u64, u64), &'a str)>,
 }
 
-/// Splits a delivery handle `<entry id>:<delivery count>:<consumer>` (entry ids have no `:`).
-fn parse_handle(handle: &str) -> Option<Lease<'_>> {
-    let mut parts = handle.splitn(3, ':');
-    let entry = parts.next()?;
-    let count = parts.next()?.parse().ok()?;
-    let consumer = parts.next()?;
-    Some(Lease {
-        entry,
-        count,
-        consumer,
-    })
+impl<'a> AckGroup<'a> {
+    fn new(consumer: &'a str) -> Self {
+        AckGroup {
+            consumer,
+            entries: Vec::new(),
+            lowest: None,
+            highest: None,
+        }
+    }
+
+    fn add(&mut self, entry: &'a str, deliveries: u64) {
+        self.entries.push((entry, deliveries));
+        // An id Redis did not make cannot be ordered: then the range is the whole stream.
+        let Some(at) = stream_position(entry) else {
+            self.lowest = Some(((0, 0), "-"));
+            self.highest = Some(((u64::MAX, u64::MAX), "+"));
+            return;
+        };
+        if self.lowest.is_none_or(|(low, _)| at < low) {
+            self.lowest = Some((at, entry));
+        }
+        if self.highest.is_none_or(|(high, _)| at > high) {
+            self.highest = Some((at, entry));
+        }
+    }
+}
+
+/// A stream entry id `<ms>-<seq>` as a sortable pair.
+fn stream_position(entry: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = entry.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 fn delivery(
@@ -615,7 +660,11 @@ fn delivery(
     let event_id = EventId::parse(event_id?).ok()?;
     let failures: u32 = failures.and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(Delivery {
-        handle: format!("{entry}:{deliveries}:{consumer}"),
+        lease: Lease::Redis {
+            entry: entry.to_string(),
+            consumer: consumer.to_string(),
+            deliveries: deliveries.max(0) as u64,
+        },
         event_id,
         payload: payload.unwrap_or_default(),
         attempt: failures.saturating_add(1),
@@ -847,10 +896,8 @@ impl Backend for RedisBackend {
                 count = stale.len(),
                 "acks for entries settled by another consumer dropped"
             );
-            settlements.retain(|s| match s {
-                Settlement::Ack { delivery, .. } => {
-                    parse_handle(&delivery.handle).is_none_or(|lease| !stale.contains(lease.entry))
-                }
+            settlements.retain(|s| match (s, &s.delivery().lease) {
+                (Settlement::Ack { .. }, Lease::Redis { entry, .. }) => !stale.contains(entry),
                 _ => true,
             });
         }
@@ -993,10 +1040,12 @@ impl Backend for RedisBackend {
         let mut snapshot = MetricsSnapshot::default();
         for pair in reply.chunks_exact(2) {
             let Some(name) = text(&pair[0]) else { continue };
-            match name.as_str() {
-                maps::USERS => snapshot.distinct_users = integer(&pair[1]).unwrap_or(0) as u64,
-                maps::USAGE_BY_USER => snapshot.top_users = scored_pairs(&pair[1]),
-                _ => {
+            match MapShape::of(&name) {
+                MapShape::Distinct => {
+                    snapshot.distinct_users = integer(&pair[1]).unwrap_or(0) as u64
+                }
+                MapShape::Ranked => snapshot.top_users = scored_pairs(&pair[1]),
+                MapShape::Summed => {
                     snapshot
                         .maps
                         .insert(name, scored_pairs(&pair[1]).into_iter().collect());

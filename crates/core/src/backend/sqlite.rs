@@ -26,7 +26,6 @@
 //!   batches by the writer thread after a group, at most every 10 s. An idle writer does no
 //!   upkeep: nothing grows while it is idle.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::analytics::{counters, maps, MetricsSnapshot, MINUTE_WINDOW, TOP_USERS};
+use crate::analytics::{counters, maps, MapShape, MetricsSnapshot, Sums, MINUTE_WINDOW, TOP_USERS};
 use crate::config::SqliteSynchronous;
 
 /// The schema this build writes; files from a newer build are refused, older ones migrated.
@@ -513,7 +512,7 @@ impl WriteJob {
             }
             WriteJob::Record { increments, reply } => {
                 let r = in_savepoint(tx, ctx, "record metrics", |c| {
-                    add_metrics(c, totals(increments))
+                    add_metrics(c, &Sums::of(&increments))
                 });
                 (answer(reply, r), false)
             }
@@ -555,18 +554,10 @@ fn in_savepoint<T>(
     }
 }
 
-/// Sums increments per (map, field), so a batch touches each metric row once.
-fn totals(increments: impl IntoIterator<Item = Increment>) -> HashMap<(String, String), f64> {
-    let mut sums = HashMap::new();
-    for i in increments {
-        *sums.entry((i.map, i.field)).or_insert(0.0) += i.by;
-    }
-    sums
-}
-
-fn add_metrics(c: &Connection, sums: HashMap<(String, String), f64>) -> StoreResult<()> {
+/// Writes summed increments: each metric row is touched once per batch.
+fn add_metrics(c: &Connection, sums: &Sums<'_>) -> StoreResult<()> {
     let mut add = c.prepare_cached(ADD_METRIC)?;
-    for ((map, field), by) in sums {
+    for (map, field, by) in sums.iter() {
         add.execute(params![map, field, by])?;
     }
     Ok(())
@@ -638,7 +629,7 @@ fn claim(c: &Connection, ctx: &Ctx<'_>, max: usize) -> StoreResult<Vec<Delivery>
         .into_iter()
         .map(|(id, event_id, payload, failures)| {
             Ok(Delivery {
-                handle: format!("{id}:{token}"),
+                lease: Lease::Sqlite { row: id, token },
                 event_id: stored_id(&event_id)?,
                 payload,
                 attempt: u32::try_from(failures).unwrap_or(u32::MAX - 1) + 1,
@@ -647,78 +638,71 @@ fn claim(c: &Connection, ctx: &Ctx<'_>, max: usize) -> StoreResult<Vec<Delivery>
         .collect()
 }
 
-/// Row id and claim token of a delivery handle.
-fn parse_handle(handle: &str) -> Option<(i64, i64)> {
-    let (id, token) = handle.split_once(':')?;
-    Some((id.parse().ok()?, token.parse().ok()?))
-}
-
 /// Settles a batch; returns whether any event went back to the queue for a retry.
+///
+/// Every statement names the row *and* the claim token of the settlement's lease: row ids are
+/// reused once the newest row is deleted, so after a lost lease the id alone may name a newer
+/// event, and a row leased to someone else meanwhile must stay theirs.
 fn settle(c: &Connection, ctx: &Ctx<'_>, settlements: Vec<Settlement>) -> StoreResult<bool> {
     let applied_until = ctx.now + ctx.ttl_ms;
-    let mut effects = Vec::new();
-    let (mut failed, mut retried, mut dead) = (0, 0, 0);
+    // Effects and counters of the settlements that took effect, written summed at the end.
+    let mut applied: Vec<Increment> = Vec::new();
+    let mut requeued = false;
     for s in settlements {
-        match s {
-            Settlement::Ack { delivery, effect } => {
-                // Only the lease this delivery holds: row ids are reused once the newest row
-                // is deleted, so after a lost lease `id` alone may name a newer event. A row
-                // leased to someone else meanwhile stays; its ack then applies nothing again.
-                if let Some((id, token)) = parse_handle(&delivery.handle) {
-                    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND claim_token = ?2")?
-                        .execute(params![id, token])?;
-                }
-                if let Some(effect) = effect {
+        let Lease::Sqlite { row, token } = s.delivery().lease else {
+            continue;
+        };
+        let counted = s.counted();
+        let took_effect = match s {
+            Settlement::Ack { effect, .. } => {
+                let removed = c
+                    .prepare_cached("DELETE FROM queue WHERE id = ?1 AND claim_token = ?2")?
+                    .execute(params![row, token])?
+                    == 1;
+                if let Some(effect) = effect.filter(|_| removed) {
                     let fresh = c.prepare_cached(MARK_PROCESSED)?.execute(params![
                         effect.event_id.as_str(),
                         applied_until,
                         ctx.now
                     ])? == 1;
                     if fresh {
-                        effects.extend(effect.increments);
+                        applied.extend(effect.increments);
                     }
                 }
+                removed
             }
             Settlement::Retry {
                 delivery,
                 not_before,
                 ..
             } => {
-                let Some((id, token)) = parse_handle(&delivery.handle) else {
-                    continue;
-                };
-                let moved = c
-                    .prepare_cached(
+                let moved =
+                    c.prepare_cached(
                         "UPDATE queue SET visible_at = ?1, failures = ?2, claim_token = NULL
                          WHERE id = ?3 AND claim_token = ?4",
                     )?
                     .execute(params![
                         ceil_millis(not_before),
                         delivery.attempt,
-                        id,
+                        row,
                         token
-                    ])?;
-                if moved == 1 {
-                    failed += 1;
-                    retried += 1;
-                }
+                    ])? == 1;
+                requeued |= moved;
+                moved
             }
             Settlement::DeadLetter {
                 delivery,
                 reason,
                 error,
             } => {
-                let Some((id, token)) = parse_handle(&delivery.handle) else {
-                    continue;
-                };
                 let taken: Option<(String, String)> = c
                     .prepare_cached(
                         "DELETE FROM queue WHERE id = ?1 AND claim_token = ?2
                          RETURNING event_id, payload",
                     )?
-                    .query_row(params![id, token], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row(params![row, token], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if let Some((event_id, payload)) = taken {
+                if let Some((event_id, payload)) = &taken {
                     c.prepare_cached(
                         "INSERT INTO dlq (event_id, payload, failure_reason, error, attempts,
                          failed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -731,22 +715,16 @@ fn settle(c: &Connection, ctx: &Ctx<'_>, settlements: Vec<Settlement>) -> StoreR
                         delivery.attempt,
                         ctx.now
                     ])?;
-                    failed += 1;
-                    dead += 1;
                 }
+                taken.is_some()
             }
+        };
+        if took_effect {
+            applied.extend(counted.iter().map(|name| Increment::counter(name)));
         }
     }
-    add_metrics(c, totals(effects))?;
-    add_counters(
-        c,
-        &[
-            (counters::FAILED, failed),
-            (counters::RETRIED, retried),
-            (counters::DEAD_LETTERED, dead),
-        ],
-    )?;
-    Ok(retried > 0)
+    add_metrics(c, &Sums::of(&applied))?;
+    Ok(requeued)
 }
 
 fn dlq_replay(c: &Connection, ctx: &Ctx<'_>, which: &DlqSelection) -> StoreResult<u64> {
@@ -1072,7 +1050,7 @@ fn metrics(c: &Connection) -> StoreResult<MetricsSnapshot> {
     let mut fields = c.prepare_cached("SELECT field, value FROM metrics WHERE map = ?1")?;
     let mut after = String::new();
     while let Some(name) = next_map.query_row([&after], |r| r.get::<_, Option<String>>(0))? {
-        if name != maps::USERS && name != maps::USAGE_BY_USER {
+        if MapShape::of(&name) == MapShape::Summed {
             let map = fields
                 .query_map([&name], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
@@ -1257,12 +1235,5 @@ mod tests {
     #[test]
     fn the_top_users_index_covers_the_ranked_map() {
         assert!(SCHEMA.contains(&format!("WHERE map = '{}'", maps::USAGE_BY_USER)));
-    }
-
-    #[test]
-    fn handles_parse_back_to_row_and_token() {
-        assert_eq!(parse_handle("12:345"), Some((12, 345)));
-        assert_eq!(parse_handle("12"), None);
-        assert_eq!(parse_handle("x:1"), None);
     }
 }

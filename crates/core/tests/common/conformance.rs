@@ -45,6 +45,7 @@ macro_rules! backend_conformance {
             stale_ack_in_a_batch_leaves_the_rest_applied,
             stale_settlement_after_lost_lease_is_ignored,
             stale_ack_never_removes_a_newer_event,
+            stale_lease_never_settles_the_current_claim,
             second_handle_sees_the_same_queue,
             metrics_record_and_shape,
         );
@@ -501,6 +502,52 @@ pub async fn stale_ack_never_removes_a_newer_event(h: &dyn Harness) {
     let next = claim(&b, 10, 1000).await;
     let ids: Vec<&str> = next.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(ids, ["second"]);
+    assert_eq!(counter(&b, counters::PROCESSED).await, 1);
+}
+
+/// A lease that ran out while the event was claimed again can neither ack, retry nor
+/// dead-letter it, and neither can a lease no claim of this backend made: the current
+/// holder's claim stays untouched until it settles it.
+pub async fn stale_lease_never_settles_the_current_claim(h: &dyn Harness) {
+    let (b, stale, current) = lost_lease(h, "contested").await;
+    let foreign = Delivery {
+        lease: match current.lease {
+            Lease::Memory { .. } => Lease::Sqlite { row: 1, token: 1 },
+            _ => Lease::Memory { key: 0, token: 1 },
+        },
+        ..current.clone()
+    };
+    for old in [stale, foreign] {
+        b.settle(vec![
+            ack(old.clone(), true),
+            Settlement::Retry {
+                delivery: old.clone(),
+                not_before: SystemTime::now(),
+                error: "stale".into(),
+            },
+            Settlement::DeadLetter {
+                delivery: old,
+                reason: FailureReason::Permanent,
+                error: "stale".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(b.depths().await.unwrap(), Depths { queue: 1, dlq: 0 });
+        let m = b.metrics().await.unwrap();
+        assert_eq!(
+            m.counter(counters::PROCESSED),
+            0,
+            "a stale ack applied its effect"
+        );
+        assert_eq!(
+            m.counter(counters::FAILED),
+            0,
+            "a stale failure was counted"
+        );
+    }
+    b.settle(vec![ack(current, true)]).await.unwrap();
+    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
     assert_eq!(counter(&b, counters::PROCESSED).await, 1);
 }
 

@@ -3,17 +3,16 @@
 -- Acks:        the batch's effects arrive summed per (map, field), not per event, so Redis does
 --              one ZINCRBY per distinct field however large the batch. The pending-entries list
 --              is the applied mark: an entry is applied in the same step that acks it, and only
---              while it is still pending. `XCLAIM … JUSTID` (which keeps the delivery count)
---              returns the acked entries that are still pending; if any is not (another
---              consumer's settlement won, after this lease expired), nothing is written and
---              those entries are returned, so the caller sends the batch again without them
---              and their share of the sums. Otherwise all are XACKed + XDELeted and the sums
---              applied.
--- Retry:       only while this lease still owns the entry (it is pending with the delivery
---              count of the lease): ZADD the retry set (due ms -> [entry id, event id, payload,
---              failures]), XACK + XDEL, count failed and retried.
--- Dead-letter: same ownership check; XADD the DLQ stream with the failure fields, XACK + XDEL,
---              count failed and dead_lettered.
+--              while its lease is current (pending for the lease's consumer with the lease's
+--              delivery count; one XPENDING range per consumer checks that). If any acked entry
+--              is not (its lease ran out and it was claimed again, or another consumer settled
+--              it), nothing is written and those entries are returned, so the caller sends the
+--              batch again without them and their share of the sums. Otherwise all are XACKed +
+--              XDELeted and the sums applied.
+-- Retry:       only while the lease is current: ZADD the retry set (due ms -> [entry id, event
+--              id, payload, failures]), XACK + XDEL, count what ARGV[7] names.
+-- Dead-letter: same lease check; XADD the DLQ stream with the failure fields, XACK + XDEL,
+--              count what ARGV[8] names.
 --
 -- KEYS[1]  the stream
 -- KEYS[2]  the retry sorted set
@@ -25,53 +24,59 @@
 -- ARGV[4]  lifetime of a per-minute map in seconds
 -- ARGV[5]  now, epoch ms (the DLQ's failed_at)
 -- ARGV[6]  counters map name
--- ARGV[7], ARGV[8], ARGV[9]  counter fields: failed, retried, dead_lettered
--- ARGV[10] consumer that holds the acked entries (XCLAIM needs one; it keeps them there)
--- ARGV[11] a = number of acked entries, then a entry ids
+-- ARGV[7]  the counters a retry adds one to, space-separated
+-- ARGV[8]  the counters a dead letter adds one to, space-separated
+-- ARGV[9]  g = number of groups of acks, one per consumer, then per group: consumer, lowest
+--          and highest entry id of the group, n, then n × (entry id, lease delivery count)
 -- then     m = number of summed increments, then m × (map, field, by), each (map, field) once
 -- then     records, each starting with its kind:
---   'R', entry id, lease delivery count, failures after this attempt, due ms
---   'D', entry id, lease delivery count, attempts, failure reason, error
--- Returns  the acked entries that were no longer pending (empty: everything took effect).
+--   'R', entry id, lease consumer, lease delivery count, failures after this attempt, due ms
+--   'D', entry id, lease consumer, lease delivery count, attempts, failure reason, error
+-- Returns  the acked entries whose lease was not current (empty: everything took effect).
 
 local stream, retry, dlq, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group = ARGV[1]
 local counters = ARGV[6]
-local chunk = 1000 -- entries per XCLAIM/XACK/XDEL call, well below Lua's unpack limit
+local chunk = 1000 -- entries per XPENDING/XACK/XDEL call, well below Lua's unpack limit
 
-local acks = {}
-local a = tonumber(ARGV[11])
-for k = 1, a do
-  acks[k] = ARGV[11 + k]
-end
-
--- Every acked entry must still be pending before anything is written.
-local live = {}
-local still_pending = 0
-for from = 1, #acks, chunk do
-  local to = math.min(from + chunk - 1, #acks)
-  local call = { 'XCLAIM', stream, group, ARGV[10], 0 }
-  for k = from, to do
-    call[#call + 1] = acks[k]
-  end
-  call[#call + 1] = 'JUSTID'
-  for _, id in ipairs(redis.call(unpack(call))) do
-    live[id] = true
-    still_pending = still_pending + 1
+-- Delivery counts of `consumer`'s pending entries from `first` to `last`.
+local function pending_of(consumer, first, last)
+  local counts = {}
+  local from = first
+  while true do
+    local page = redis.call('XPENDING', stream, group, from, last, chunk, consumer)
+    for _, p in ipairs(page) do
+      counts[p[1]] = tonumber(p[4])
+    end
+    if #page < chunk then
+      return counts
+    end
+    from = '(' .. page[#page][1]
   end
 end
-if still_pending ~= #acks then
-  local stale = {}
-  for _, id in ipairs(acks) do
-    if not live[id] then
-      stale[#stale + 1] = id
+
+-- Every acked entry's lease must be current before anything is written.
+local acks, stale = {}, {}
+local i = 10
+for _ = 1, tonumber(ARGV[9]) do
+  local consumer, first, last, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local counts = pending_of(consumer, first, last)
+  for k = 0, n - 1 do
+    local entry, deliveries = ARGV[i + k * 2], tonumber(ARGV[i + k * 2 + 1])
+    if counts[entry] == deliveries then
+      acks[#acks + 1] = entry
+    else
+      stale[#stale + 1] = entry
     end
   end
+  i = i + n * 2
+end
+if #stale > 0 then
   return stale
 end
 
 -- The sums are distinct per (map, field) already: written as they come, no re-summing here.
-local i = 12 + a
 local m = tonumber(ARGV[i])
 i = i + 1
 local maps = {}
@@ -96,11 +101,17 @@ end
 
 local metrics = new_metrics()
 
+local function count(names)
+  for name in string.gmatch(names, '%S+') do
+    add_metric(metrics, counters, name, 1)
+  end
+end
+
 local done_ids = acks
 
-local function owns(entry, lease)
+local function owns(entry, consumer, deliveries)
   local p = redis.call('XPENDING', stream, group, entry, entry, 1)
-  return #p == 1 and tonumber(p[1][4]) == tonumber(lease)
+  return #p == 1 and p[1][2] == consumer and tonumber(p[1][4]) == tonumber(deliveries)
 end
 
 local function fields_of(entry)
@@ -119,32 +130,30 @@ end
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'R' then
-    local entry, lease = ARGV[i + 1], ARGV[i + 2]
-    if owns(entry, lease) then
+    local entry = ARGV[i + 1]
+    if owns(entry, ARGV[i + 2], ARGV[i + 3]) then
       local f = fields_of(entry)
       if f then
-        local member = cjson.encode({ entry, f['id'], f['payload'], tonumber(ARGV[i + 3]) })
-        redis.call('ZADD', retry, ARGV[i + 4], member)
+        local member = cjson.encode({ entry, f['id'], f['payload'], tonumber(ARGV[i + 4]) })
+        redis.call('ZADD', retry, ARGV[i + 5], member)
       end
       done_ids[#done_ids + 1] = entry
-      add_metric(metrics, counters, ARGV[7], 1)
-      add_metric(metrics, counters, ARGV[8], 1)
+      count(ARGV[7])
     end
-    i = i + 5
+    i = i + 6
   elseif kind == 'D' then
-    local entry, lease = ARGV[i + 1], ARGV[i + 2]
-    if owns(entry, lease) then
+    local entry = ARGV[i + 1]
+    if owns(entry, ARGV[i + 2], ARGV[i + 3]) then
       local f = fields_of(entry)
       if f then
         redis.call('XADD', dlq, '*', 'id', f['id'], 'payload', f['payload'],
-          'failure_reason', ARGV[i + 4], 'error', ARGV[i + 5], 'attempts', ARGV[i + 3],
+          'failure_reason', ARGV[i + 5], 'error', ARGV[i + 6], 'attempts', ARGV[i + 4],
           'failed_at', ARGV[5])
       end
       done_ids[#done_ids + 1] = entry
-      add_metric(metrics, counters, ARGV[7], 1)
-      add_metric(metrics, counters, ARGV[9], 1)
+      count(ARGV[8])
     end
-    i = i + 6
+    i = i + 7
   else
     return redis.error_reply('ERR settle: unknown record kind ' .. tostring(kind))
   end

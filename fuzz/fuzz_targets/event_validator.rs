@@ -1,5 +1,5 @@
-//! Arbitrary bytes into the event validator (SPEC §4): it must never panic, and whatever it
-//! accepts must survive the trip through the stored form.
+//! Arbitrary bytes into the event validator (rules in `docs/api.md`): it must never panic, and
+//! whatever it accepts must survive the trip through the stored form.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -10,8 +10,9 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 
 use pipeline_core::stats::PipelineStats;
+use standard_webhooks::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
-use crate::signing::{Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::signing::Signer;
 
 pub const EVENTS_PATH: &str = "/webhook/events";
 pub const BATCH_PATH: &str = "/webhook/batch";
@@ -141,9 +142,9 @@ impl WebhookClient {
             let id = format!("msg_{:016x}{n:08x}", self.message_nonce);
             let headers = signer.headers(id, &body);
             request = request
-                .header(HEADER_ID, headers.id)
-                .header(HEADER_TIMESTAMP, headers.timestamp)
-                .header(HEADER_SIGNATURE, headers.signature);
+                .header(ID_HEADER, headers.id)
+                .header(TIMESTAMP_HEADER, headers.timestamp)
+                .header(SIGNATURE_HEADER, headers.signature);
         }
         request.body(body)
     }

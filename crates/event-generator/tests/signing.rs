@@ -1,4 +1,5 @@
-//! Requests carry Standard Webhooks signatures that a receiver verifies with its own HMAC.
+//! Requests carry Standard Webhooks signatures that a receiver verifies with the
+//! `standard-webhooks` crate.
 
 mod common;
 

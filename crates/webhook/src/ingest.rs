@@ -97,9 +97,7 @@ impl AppState {
         body::require_json(&parts.headers)?;
         let bytes = body::read_limited(&parts.headers, body, self.config().max_body_bytes).await?;
         if let Some(verifier) = &self.inner.verifier {
-            verifier
-                .verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())
-                .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+            verifier.verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())?;
         }
         let depth = self.inner.queue_depth.load(Ordering::Relaxed);
         let max = self.config().max_queue_depth;

@@ -1,106 +1,63 @@
-//! Standard Webhooks signature verification (SPEC §5.4).
+//! Standard Webhooks signature verification, adapted to axum.
 //!
-//! A signed request carries `webhook-id`, `webhook-timestamp` (unix seconds) and
-//! `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256(secret, "{id}.{ts}.{body}")>`.
-//! Several signatures are allowed so a sender can rotate secrets without downtime; one valid
-//! signature is enough. The MAC is computed over the raw request bytes, before any JSON parsing,
-//! and compared in constant time (`hmac`'s `verify_slice`). Timestamps outside the tolerance are
-//! refused, which bounds how long a captured request can be replayed.
+//! The scheme itself — what is signed, constant-time comparison over the raw body, several
+//! signatures for key rotation, the timestamp tolerance against replay — lives in the
+//! `standard-webhooks` crate, shared with the event generator. This module only reads the
+//! three headers from a [`HeaderMap`] and words each refusal as the webhook has always
+//! answered it (`401 invalid_signature`, messages naming DAY15_WEBHOOK_SECRET).
 
+use std::fmt;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use standard_webhooks::{
+    Headers, Secret, VerifyError, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::error::ApiError;
 
-pub const ID_HEADER: &str = "webhook-id";
-pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
-pub const SIGNATURE_HEADER: &str = "webhook-signature";
+/// A DAY15_WEBHOOK_SECRET that cannot be used; the message names the variable.
+#[derive(Debug)]
+pub struct SecretError(standard_webhooks::SecretError);
 
-/// Prefix of a base64-encoded secret, as Standard Webhooks senders hand them out.
-pub const SECRET_PREFIX: &str = "whsec_";
-
-/// A DAY15_WEBHOOK_SECRET that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("DAY15_WEBHOOK_SECRET starts with whsec_ but the rest is not valid base64: {0}")]
-    NotBase64(base64::DecodeError),
-    #[error("DAY15_WEBHOOK_SECRET is empty after the whsec_ prefix")]
-    Empty,
-}
-
-/// Why a request's signature was refused; the text is safe to return to the sender.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("missing {0} header (DAY15_WEBHOOK_SECRET is set, requests must be signed)")]
-    MissingHeader(&'static str),
-    #[error("{0} header is not valid")]
-    MalformedHeader(&'static str),
-    #[error("webhook-timestamp is {skew_seconds} s away from the server clock (tolerance {tolerance_seconds} s)")]
-    OutsideTolerance {
-        skew_seconds: i64,
-        tolerance_seconds: u64,
-    },
-    #[error("no valid v1 signature in webhook-signature")]
-    NoValidSignature,
-}
-
-/// The decoded secret key.
-#[derive(Clone)]
-pub struct WebhookSecret {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(***)")
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            standard_webhooks::SecretError::NotBase64(e) => write!(
+                f,
+                "DAY15_WEBHOOK_SECRET starts with whsec_ but the rest is not valid base64: {e}"
+            ),
+            standard_webhooks::SecretError::Empty => {
+                f.write_str("DAY15_WEBHOOK_SECRET is empty after the whsec_ prefix")
+            }
+        }
     }
 }
+
+impl std::error::Error for SecretError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The decoded DAY15_WEBHOOK_SECRET (`whsec_<base64>` or raw bytes).
+#[derive(Debug, Clone)]
+pub struct WebhookSecret(Secret);
 
 impl WebhookSecret {
-    /// `whsec_<base64>` is decoded; any other value is used as raw bytes.
+    /// Parses the secret as the `standard-webhooks` crate does, with errors worded for the
+    /// operator who set DAY15_WEBHOOK_SECRET.
     pub fn parse(secret: &str) -> Result<Self, SecretError> {
-        let key = match secret.strip_prefix(SECRET_PREFIX) {
-            Some(b64) => STANDARD.decode(b64).map_err(SecretError::NotBase64)?,
-            None => secret.as_bytes().to_vec(),
-        };
-        if key.is_empty() {
-            return Err(SecretError::Empty);
-        }
-        Ok(WebhookSecret { key })
-    }
-
-    fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = match HmacSha256::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
-    }
-
-    /// The `webhook-signature` value a sender puts on this request (`v1,<base64>`).
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let tag = self
-            .mac(id, &timestamp.to_string(), body)
-            .finalize()
-            .into_bytes();
-        format!("v1,{}", STANDARD.encode(tag))
+        Secret::parse(secret)
+            .map(WebhookSecret)
+            .map_err(SecretError)
     }
 }
 
 /// Checks the signature headers of incoming requests.
 #[derive(Debug, Clone)]
 pub struct SignatureVerifier {
+    /// The key every request must be signed with.
     secret: WebhookSecret,
     /// Largest allowed distance between `webhook-timestamp` and the server clock.
     tolerance: Duration,
@@ -112,51 +69,62 @@ impl SignatureVerifier {
     }
 
     /// Verifies `body` against the headers at `now_unix` (seconds); the clock is a parameter
-    /// so the tolerance can be tested without waiting.
-    pub fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now_unix: i64,
-    ) -> Result<(), SignatureError> {
-        let header = |name: &'static str| -> Result<&str, SignatureError> {
-            let value = headers
-                .get(name)
-                .ok_or(SignatureError::MissingHeader(name))?;
-            let text = value
-                .to_str()
-                .map_err(|_| SignatureError::MalformedHeader(name))?
-                .trim();
-            if text.is_empty() {
-                return Err(SignatureError::MissingHeader(name));
-            }
-            Ok(text)
+    /// so the tolerance can be tested without waiting. Every refusal is
+    /// [`ApiError::InvalidSignature`].
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now_unix: i64) -> Result<(), ApiError> {
+        let values = header_text(headers)?;
+        self.secret
+            .0
+            .verify(values, body, now_unix, self.tolerance)
+            .map_err(refusal)
+    }
+}
+
+/// The three signature headers as text. A value that is not visible ASCII is refused as
+/// malformed only when every header before it is present and non-blank, so the first problem
+/// reported is the one a check of the headers in order (id, timestamp, signature) meets first.
+fn header_text(headers: &HeaderMap) -> Result<Headers<'_>, ApiError> {
+    let mut values = [None; 3];
+    for (slot, name) in values
+        .iter_mut()
+        .zip([ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER])
+    {
+        let Some(value) = headers.get(name) else {
+            break;
         };
-        let id = header(ID_HEADER)?;
-        let timestamp = header(TIMESTAMP_HEADER)?;
-        let signatures = header(SIGNATURE_HEADER)?;
-
-        let sent_at: i64 = timestamp
-            .parse()
-            .map_err(|_| SignatureError::MalformedHeader(TIMESTAMP_HEADER))?;
-        let skew = now_unix.saturating_sub(sent_at);
-        if skew.unsigned_abs() > self.tolerance.as_secs() {
-            return Err(SignatureError::OutsideTolerance {
-                skew_seconds: skew,
-                tolerance_seconds: self.tolerance.as_secs(),
-            });
+        let text = value.to_str().map_err(|_| malformed(name))?;
+        if text.trim().is_empty() {
+            break;
         }
+        *slot = Some(text);
+    }
+    let [id, timestamp, signature] = values;
+    Ok(Headers {
+        id,
+        timestamp,
+        signature,
+    })
+}
 
-        let expected = self.secret.mac(id, timestamp, body);
-        let any_valid = signatures
-            .split_ascii_whitespace()
-            .filter_map(|entry| entry.strip_prefix("v1,"))
-            .filter_map(|b64| STANDARD.decode(b64).ok())
-            .any(|tag| expected.clone().verify_slice(&tag).is_ok());
-        if any_valid {
-            Ok(())
-        } else {
-            Err(SignatureError::NoValidSignature)
+fn malformed(name: &str) -> ApiError {
+    ApiError::InvalidSignature(format!("{name} header is not valid"))
+}
+
+/// The webhook's wording of each refusal; the text is safe to return to the sender.
+fn refusal(error: VerifyError) -> ApiError {
+    match error {
+        VerifyError::MissingHeader(name) => ApiError::InvalidSignature(format!(
+            "missing {name} header (DAY15_WEBHOOK_SECRET is set, requests must be signed)"
+        )),
+        VerifyError::BadTimestamp => malformed(TIMESTAMP_HEADER),
+        VerifyError::OutsideTolerance {
+            skew_seconds,
+            tolerance_seconds,
+        } => ApiError::InvalidSignature(format!(
+            "{TIMESTAMP_HEADER} is {skew_seconds} s away from the server clock (tolerance {tolerance_seconds} s)"
+        )),
+        VerifyError::NoMatchingSignature => {
+            ApiError::InvalidSignature(format!("no valid v1 signature in {SIGNATURE_HEADER}"))
         }
     }
 }
@@ -166,59 +134,106 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
+    fn verifier() -> (Secret, SignatureVerifier) {
+        let secret = WebhookSecret::parse("raw secret").unwrap();
+        (
+            secret.0.clone(),
+            SignatureVerifier::new(secret, Duration::from_secs(300)),
+        )
+    }
+
+    /// Header (name, raw value) pairs of one request.
+    type Raw<'a> = &'a [(&'static str, &'a [u8])];
+
+    fn headers(values: Raw<'_>) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(ID_HEADER, HeaderValue::from_str(id).unwrap());
-        h.insert(TIMESTAMP_HEADER, HeaderValue::from_str(ts).unwrap());
-        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(sig).unwrap());
+        for (name, value) in values {
+            h.insert(*name, HeaderValue::from_bytes(value).unwrap());
+        }
         h
     }
 
-    /// The example published with the Standard Webhooks specification.
-    #[test]
-    fn the_published_standard_webhooks_example_verifies() {
-        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let body = br#"{"test": 2432232314}"#;
-        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
-        assert_eq!(
-            secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
-            sig
-        );
-        let v = SignatureVerifier::new(secret, Duration::from_secs(300));
-        let h = headers("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", sig);
-        assert_eq!(v.verify(&h, body, 1614265330 + 10), Ok(()));
-        assert_eq!(
-            v.verify(&h, b"{\"test\": 2432232315}", 1614265330),
-            Err(SignatureError::NoValidSignature)
-        );
+    fn message(result: Result<(), ApiError>) -> String {
+        match result {
+            Err(ApiError::InvalidSignature(message)) => message,
+            other => panic!("expected InvalidSignature, got {other:?}"),
+        }
     }
 
     #[test]
-    fn timestamps_outside_the_tolerance_are_refused_both_ways() {
-        let secret = WebhookSecret::parse("raw secret").unwrap();
-        let v = SignatureVerifier::new(secret.clone(), Duration::from_secs(300));
+    fn a_signed_request_passes() {
+        let (secret, v) = verifier();
         let sig = secret.sign("m", 1000, b"{}");
-        let h = headers("m", "1000", &sig);
-        assert!(v.verify(&h, b"{}", 1300).is_ok());
-        assert!(matches!(
-            v.verify(&h, b"{}", 1301),
-            Err(SignatureError::OutsideTolerance { .. })
-        ));
-        assert!(matches!(
-            v.verify(&h, b"{}", 699),
-            Err(SignatureError::OutsideTolerance { .. })
-        ));
+        let h = headers(&[
+            (ID_HEADER, b"m"),
+            (TIMESTAMP_HEADER, b"1000"),
+            (SIGNATURE_HEADER, sig.as_bytes()),
+        ]);
+        assert!(v.verify(&h, b"{}", 1000).is_ok());
     }
 
     #[test]
-    fn bad_secrets_are_reported() {
-        assert!(matches!(
-            WebhookSecret::parse("whsec_***"),
-            Err(SecretError::NotBase64(_))
-        ));
-        assert!(matches!(
-            WebhookSecret::parse("whsec_"),
-            Err(SecretError::Empty)
-        ));
+    fn refusals_keep_their_wording() {
+        let (secret, v) = verifier();
+        let sig = secret.sign("m", 1000, b"{}");
+        let sig = sig.as_bytes();
+        let cases: [(Raw<'_>, &str); 6] = [
+            (
+                &[(TIMESTAMP_HEADER, b"1000"), (SIGNATURE_HEADER, sig)],
+                "missing webhook-id header (DAY15_WEBHOOK_SECRET is set, requests must be signed)",
+            ),
+            (
+                &[(ID_HEADER, b"m"), (TIMESTAMP_HEADER, b" "), (SIGNATURE_HEADER, sig)],
+                "missing webhook-timestamp header (DAY15_WEBHOOK_SECRET is set, requests must be signed)",
+            ),
+            (
+                &[(ID_HEADER, b"m"), (TIMESTAMP_HEADER, b"soon"), (SIGNATURE_HEADER, sig)],
+                "webhook-timestamp header is not valid",
+            ),
+            (
+                &[(ID_HEADER, b"m\xff"), (TIMESTAMP_HEADER, b"1000"), (SIGNATURE_HEADER, sig)],
+                "webhook-id header is not valid",
+            ),
+            (
+                &[(ID_HEADER, b"m"), (TIMESTAMP_HEADER, b"1301"), (SIGNATURE_HEADER, sig)],
+                "webhook-timestamp is -301 s away from the server clock (tolerance 300 s)",
+            ),
+            (
+                &[(ID_HEADER, b"n"), (TIMESTAMP_HEADER, b"1000"), (SIGNATURE_HEADER, sig)],
+                "no valid v1 signature in webhook-signature",
+            ),
+        ];
+        for (values, expected) in cases {
+            assert_eq!(message(v.verify(&headers(values), b"{}", 1000)), expected);
+        }
+    }
+
+    #[test]
+    fn a_header_that_is_not_text_is_reported_only_after_earlier_missing_ones() {
+        let (_, v) = verifier();
+        let h = headers(&[(TIMESTAMP_HEADER, b"\xff"), (SIGNATURE_HEADER, b"v1,x")]);
+        assert_eq!(
+            message(v.verify(&h, b"{}", 1000)),
+            "missing webhook-id header (DAY15_WEBHOOK_SECRET is set, requests must be signed)"
+        );
+        let h = headers(&[(ID_HEADER, b"m"), (TIMESTAMP_HEADER, b"\xff")]);
+        assert_eq!(
+            message(v.verify(&h, b"{}", 1000)),
+            "webhook-timestamp header is not valid"
+        );
+    }
+
+    #[test]
+    fn unusable_secrets_name_the_variable() {
+        assert_eq!(
+            WebhookSecret::parse("whsec_").unwrap_err().to_string(),
+            "DAY15_WEBHOOK_SECRET is empty after the whsec_ prefix"
+        );
+        assert!(WebhookSecret::parse("whsec_***")
+            .unwrap_err()
+            .to_string()
+            .starts_with(
+                "DAY15_WEBHOOK_SECRET starts with whsec_ but the rest is not valid base64: "
+            ));
     }
 }

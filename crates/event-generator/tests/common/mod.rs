@@ -3,7 +3,7 @@
 //!
 //! The fake "processes" every accepted event at once (unless told not to), honours
 //! `metadata.simulate_failure` when fault injection is on, and checks Standard Webhooks
-//! signatures with its own HMAC code when it has a secret.
+//! signatures with the `standard-webhooks` crate when it has a secret.
 
 #![allow(dead_code)]
 
@@ -19,10 +19,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use standard_webhooks::{Headers, Secret};
 use tokio_util::sync::CancellationToken;
 
 use pipeline_core::event::Event;
@@ -130,34 +128,19 @@ fn error(status: StatusCode, code: &str) -> Response {
     (status, Json(json!({"error": code, "message": code}))).into_response()
 }
 
-/// Independent Standard Webhooks check: HMAC-SHA256 over "{id}.{ts}.{body}", base64, `v1,`.
+/// Standard Webhooks check of a request, with the webhook's default tolerance of 300 s.
 fn signature_ok(key: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(ts), Some(sigs)) = (
-        get("webhook-id"),
-        get("webhook-timestamp"),
-        get("webhook-signature"),
-    ) else {
+    let Ok(secret) = Secret::from_bytes(key) else {
         return false;
     };
-    let Ok(ts_value) = ts.parse::<i64>() else {
-        return false;
-    };
+    let received = Headers::from_fn(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    if (now - ts_value).abs() > 300 {
-        return false;
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    sigs.split(' ').any(|s| s == expected)
+    secret
+        .verify(received, body, now, Duration::from_secs(300))
+        .is_ok()
 }
 
 /// Signature and content-type gates shared by both POST endpoints.

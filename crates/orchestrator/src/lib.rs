@@ -5,8 +5,7 @@
 //! the webhook and wait for its own `/health`, then start the consumers. Children are
 //! supervised (in-process tasks with the memory backend, by the same policy): an unexpected
 //! exit is restarted with exponential backoff, and a role that keeps dying stops everything
-//! with exit 1. The first
-//! SIGINT/SIGTERM asks every child to finish (SIGTERM) and waits up to
+//! with exit 1. The first SIGINT/SIGTERM asks every child to finish (SIGTERM) and waits up to
 //! DAY15_SHUTDOWN_TIMEOUT_SECONDS before killing stragglers; a second signal kills at once.
 
 use pipeline_core::config::{Config, ConfigArgs, RawSettings};

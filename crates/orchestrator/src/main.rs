@@ -14,7 +14,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[command(
     version,
     about = "Runs the analytics pipeline: webhook + consumers, supervised",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 struct Cli {
     /// Only validate the configuration, report every problem, and exit (0 valid, 2 invalid)

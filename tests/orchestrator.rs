@@ -170,7 +170,7 @@ fn kill_pid(pid: i32, sig: Signal) {
 #[test]
 fn a_lone_orchestrator_binary_runs_every_role_itself() {
     // What `cargo run --release --bin orchestrator` leaves on a fresh clone: no sibling
-    // webhook or consumer binaries.
+    // webhook or consumer binaries. Its children are always its own executable in a role.
     let p = Pipeline::sqlite();
     let alone = p.dir.path().join("bin");
     std::fs::create_dir(&alone).expect("bin dir");
@@ -183,8 +183,16 @@ fn a_lone_orchestrator_binary_runs_every_role_itself() {
         (c.len() == 2).then_some(c)
     });
     let roles: Vec<String> = children.iter().map(|c| cmdline(*c)).collect();
-    assert!(roles.iter().any(|r| r.contains("__webhook")), "{roles:?}");
-    assert!(roles.iter().any(|r| r.contains("__consumer")), "{roles:?}");
+    assert!(
+        roles.iter().any(|r| r.contains("orchestrator run-webhook")),
+        "{roles:?}"
+    );
+    assert!(
+        roles
+            .iter()
+            .any(|r| r.contains("orchestrator run-consumer")),
+        "{roles:?}"
+    );
 
     let (status, _) = p.post("/webhook/events", &sample_events()[0]);
     assert_eq!(status, 202);
@@ -192,4 +200,62 @@ fn a_lone_orchestrator_binary_runs_every_role_itself() {
     o.signal(Signal::SIGTERM);
     let status = o.wait_timeout(Duration::from_secs(15)).expect("exits");
     assert_eq!(status.code(), Some(0), "{}", o.output());
+    // Each role logs under its own name, as the separate binaries do.
+    let log = p.log();
+    assert!(
+        log.contains(" - webhook - INFO - Webhook receiver listening on"),
+        "{log}"
+    );
+    assert!(log.contains(" - consumer - INFO - Consumer "), "{log}");
+}
+
+#[test]
+fn a_second_orchestrator_on_a_taken_port_exits_1_and_leaves_the_first_alone() {
+    let p = Pipeline::sqlite();
+    let first = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let mut children = eventually("webhook and consumer running", START, || {
+        let c = children_of(first.pid());
+        (c.len() == 2).then_some(c)
+    });
+    children.sort_unstable();
+    let mut second = p.spawn("orchestrator", &[]);
+    let status = second.wait_timeout(START).expect("the second one exits");
+    let out = second.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Cannot listen on 127.0.0.1:{}: the address is already in use (is another pipeline running?) — stop it or set DAY15_WEBHOOK_PORT",
+            p.port
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("Started webhook"), "{out}");
+    assert!(!out.contains("Webhook healthy"), "{out}");
+    // The first pipeline runs on untouched.
+    assert!(children.iter().all(|c| alive(*c)));
+    let mut now = children_of(first.pid());
+    now.sort_unstable();
+    assert_eq!(now, children, "no child of the first one was restarted");
+    assert_eq!(p.health()["status"], "healthy");
+}
+
+#[test]
+fn the_memory_backend_runs_every_role_in_process_and_stops_with_exit_0() {
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_QUEUE_BACKEND", "memory");
+    let mut o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    assert!(children_of(o.pid()).is_empty(), "no child process");
+    let (status, body) = p.post("/webhook/events", &sample_events()[0]);
+    assert_eq!(status, 202, "{body}");
+    p.wait_stat("processed", 1, START);
+    o.signal(Signal::SIGTERM);
+    let status = o.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", o.output());
+    assert!(
+        p.log().contains("All components stopped cleanly"),
+        "{}",
+        p.log()
+    );
 }

@@ -1,10 +1,11 @@
 //! The orchestrator: one command runs the whole pipeline (SPEC §7).
 //!
 //! Start-up order: validate the configuration (every problem at once, exit 2), check the
-//! backend is reachable (clear message, exit 1), start the webhook and wait for its `/health`,
-//! then start the consumers. Children are supervised: an unexpected exit is restarted with
-//! exponential backoff, and a child that keeps dying stops everything with exit 1. The first
-//! SIGINT/SIGTERM asks every child to finish (SIGTERM) and waits up to
+//! backend is reachable and the webhook's port is free (one clear sentence each, exit 1), start
+//! the webhook and wait for its own `/health`, then start the consumers. Children are
+//! supervised (in-process tasks with the memory backend, by the same policy): an unexpected
+//! exit is restarted with exponential backoff, and a role that keeps dying stops everything
+//! with exit 1. The first SIGINT/SIGTERM asks every child to finish (SIGTERM) and waits up to
 //! DAY15_SHUTDOWN_TIMEOUT_SECONDS before killing stragglers; a second signal kills at once.
 
 use pipeline_core::config::{Config, ConfigArgs, RawSettings};
@@ -13,12 +14,14 @@ use pipeline_core::runtime::exit;
 pub mod banner;
 pub mod in_process;
 pub mod preflight;
+pub mod restart;
 pub mod supervisor;
 
-/// First argument that makes the orchestrator's executable run as the webhook.
-pub const WEBHOOK_ROLE: &str = "__webhook";
-/// First argument that makes the orchestrator's executable run as a consumer.
-pub const CONSUMER_ROLE: &str = "__consumer";
+/// Subcommand that makes the orchestrator's executable run as the webhook (how it starts its
+/// webhook child).
+pub const RUN_WEBHOOK: &str = "run-webhook";
+/// Subcommand that makes the orchestrator's executable run as a consumer.
+pub const RUN_CONSUMER: &str = "run-consumer";
 
 /// Runs the orchestrator and returns the process exit code.
 pub fn main_entry(args: ConfigArgs, check_only: bool) -> i32 {
@@ -61,7 +64,11 @@ async fn run(raw: RawSettings, config: Config) -> i32 {
     if config.queue_backend == pipeline_core::config::BackendKind::Memory {
         return in_process::run(config).await;
     }
-    if let Err(message) = preflight::check_backend(&config).await {
+    let checks = async {
+        preflight::check_backend(&config).await?;
+        preflight::check_port(&config).await
+    };
+    if let Err(message) = checks.await {
         tracing::error!("{message}");
         eprintln!("{message}");
         return exit::FAILURE;

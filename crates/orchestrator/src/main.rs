@@ -6,12 +6,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
+use std::ffi::OsString;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Runs the analytics pipeline: webhook + consumers, supervised"
+    about = "Runs the analytics pipeline: webhook + consumers, supervised",
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 struct Cli {
     /// Only validate the configuration, report every problem, and exit (0 valid, 2 invalid)
@@ -19,24 +23,42 @@ struct Cli {
     check: bool,
     #[command(flatten)]
     config: pipeline_core::config::ConfigArgs,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// How the orchestrator starts its children: its own executable in one role, so a child is
+/// always the very build that supervises it. Hidden: users run the `webhook` and `consumer`
+/// binaries for that.
+#[derive(Subcommand)]
+enum Role {
+    /// Run as the webhook; every further argument is the webhook's
+    #[command(name = orchestrator::RUN_WEBHOOK, hide = true, disable_help_flag = true)]
+    RunWebhook {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run as a consumer; every further argument is the consumer's
+    #[command(name = orchestrator::RUN_CONSUMER, hide = true, disable_help_flag = true)]
+    RunConsumer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() {
-    // Run as a child role when started that way by an orchestrator whose sibling binaries are
-    // missing (see `supervisor::program_for`).
-    let mut args = std::env::args_os();
-    let program = args.next().unwrap_or_default();
-    match args.next().as_deref().and_then(|a| a.to_str()) {
-        Some(orchestrator::WEBHOOK_ROLE) => {
-            let rest = std::iter::once(program).chain(args);
-            std::process::exit(webhook::cli::main(rest));
+    // The shared configuration flags are global (so `consumer dlq list --backend …` works), but
+    // here every argument after a role belongs to that role, verbatim.
+    let command = Cli::command().mut_args(|a| a.global(false));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let code = match cli.role {
+        None => orchestrator::main_entry(cli.config, cli.check),
+        Some(Role::RunWebhook { args }) => {
+            webhook::cli::main(std::iter::once("webhook".into()).chain(args))
         }
-        Some(orchestrator::CONSUMER_ROLE) => {
-            let rest = std::iter::once(program).chain(args);
-            std::process::exit(consumer::cli::main(rest));
+        Some(Role::RunConsumer { args }) => {
+            consumer::cli::main(std::iter::once("consumer".into()).chain(args))
         }
-        _ => {}
-    }
-    let cli = Cli::parse();
-    std::process::exit(orchestrator::main_entry(cli.config, cli.check));
+    };
+    std::process::exit(code);
 }

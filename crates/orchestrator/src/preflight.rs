@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use pipeline_core::backend;
 use pipeline_core::config::{BackendKind, Config};
+use tokio::net::TcpListener;
 
 /// Opens the configured backend and pings it, within a few seconds.
 ///
@@ -30,4 +31,32 @@ pub async fn check_backend(config: &Config) -> Result<(), String> {
         ),
         BackendKind::Memory => format!("In-memory backend failed: {cause}"),
     })
+}
+
+/// Binds the webhook's address, as the webhook itself binds it (same resolution, same
+/// `SO_REUSEADDR`), so a taken port is found before anything starts.
+///
+/// The message is one sentence saying what to do, e.g. `Cannot listen on 127.0.0.1:5015: the
+/// address is already in use (is another pipeline running?) — stop it or set
+/// DAY15_WEBHOOK_PORT`.
+pub async fn bind_webhook(config: &Config) -> Result<TcpListener, String> {
+    let (host, port) = (config.webhook_host.as_str(), config.webhook_port);
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "Cannot listen on {host}:{port}: the address is already in use (is another pipeline running?) — stop it or set DAY15_WEBHOOK_PORT"
+            )
+        } else {
+            format!(
+                "Cannot listen on {host}:{port}: {e} — check DAY15_WEBHOOK_HOST and DAY15_WEBHOOK_PORT"
+            )
+        }
+    })
+}
+
+/// Checks the webhook's port is free, then releases it for the webhook child to bind: an
+/// orchestrator started beside a running pipeline stops here instead of polling the other
+/// pipeline's webhook and restarting its own on "Address already in use".
+pub async fn check_port(config: &Config) -> Result<(), String> {
+    bind_webhook(config).await.map(drop)
 }

@@ -5,24 +5,23 @@
 //! group (a terminal's Ctrl+C reaches only the orchestrator, which then shuts them down in
 //! order) and carry `PR_SET_PDEATHSIG`, so they are told to stop even when the orchestrator is
 //! killed with SIGKILL.
+//!
+//! Every child is the orchestrator's own executable run in a role (`orchestrator run-webhook`,
+//! `orchestrator run-consumer`), so a child is always the very build that supervises it.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pipeline_core::config::{Config, RawSettings, VARIABLES};
 use pipeline_core::runtime::exit;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// More restarts than this within [`RESTART_WINDOW`] stops the pipeline.
-pub const MAX_RESTARTS: usize = 5;
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+use crate::restart::RestartPolicy;
+
 /// How long the webhook may take to answer `/health` after it was started.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -34,10 +33,11 @@ pub enum Role {
 }
 
 impl Role {
-    fn binary(self) -> &'static str {
+    /// The orchestrator's subcommand that runs this role.
+    pub fn subcommand(self) -> &'static str {
         match self {
-            Role::Webhook => "webhook",
-            Role::Consumer => "consumer",
+            Role::Webhook => crate::RUN_WEBHOOK,
+            Role::Consumer => crate::RUN_CONSUMER,
         }
     }
 }
@@ -51,8 +51,10 @@ struct Slot {
     pid: Option<i32>,
     /// Bumped on each start, so an exit report of an older incarnation is recognised.
     generation: u64,
-    /// Start times of recent restarts, for the "too many in a minute" rule.
-    restarts: VecDeque<Instant>,
+    /// When the running incarnation was started.
+    started_at: Option<Instant>,
+    /// Recent restarts, for the backoff and the "too many in a minute" rule.
+    restarts: RestartPolicy,
     /// When a pending restart is due.
     restart_at: Option<Instant>,
 }
@@ -71,34 +73,29 @@ struct Launcher {
     exits: mpsc::Sender<Exited>,
 }
 
-/// How to start a role: the sibling binary beside the orchestrator's own executable when it
-/// is there and not older than the orchestrator (so a stale build is never mixed in), else the
-/// orchestrator's own executable in that role (`cargo run --bin orchestrator` builds only it).
-pub fn program_for(role: Role) -> Result<(PathBuf, Vec<&'static str>), String> {
+/// The command that runs `role`: the orchestrator's own executable with the role's
+/// subcommand. On Linux it is exec'd through `/proc/self/exe`, which names the running build
+/// even when the file was since rebuilt or removed, so a restart never mixes builds; `argv[0]`
+/// stays the orchestrator's path, so `ps` shows `…/orchestrator run-consumer`.
+pub fn command_for(role: Role) -> Result<tokio::process::Command, String> {
     let me = std::env::current_exe()
         .map_err(|e| format!("cannot locate the orchestrator's own executable: {e}"))?;
-    let sibling = me.with_file_name(role.binary());
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = match (modified(&sibling), modified(&me)) {
-        (Some(theirs), Some(mine)) => theirs >= mine,
-        _ => false,
+    let own = std::path::Path::new("/proc/self/exe");
+    let mut cmd = if own.exists() {
+        let mut cmd = tokio::process::Command::new(own);
+        cmd.arg0(&me);
+        cmd
+    } else {
+        tokio::process::Command::new(&me)
     };
-    if sibling.is_file() && fresh {
-        return Ok((sibling, Vec::new()));
-    }
-    let flag = match role {
-        Role::Webhook => crate::WEBHOOK_ROLE,
-        Role::Consumer => crate::CONSUMER_ROLE,
-    };
-    Ok((me, vec![flag]))
+    cmd.arg(role.subcommand());
+    Ok(cmd)
 }
 
 impl Launcher {
     fn start(&self, index: usize, slot: &mut Slot) -> Result<(), String> {
-        let (program, args) = program_for(slot.role)?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(args)
-            .envs(self.env.iter().cloned())
+        let mut cmd = command_for(slot.role)?;
+        cmd.envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -116,12 +113,14 @@ impl Launcher {
                 Ok(())
             });
         }
+        let started_at = Instant::now();
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", slot.name))?;
         let pid = child.id().map(|p| p as i32);
         slot.generation += 1;
         slot.pid = pid;
+        slot.started_at = Some(started_at);
         slot.restart_at = None;
         let generation = slot.generation;
         let exits = self.exits.clone();
@@ -186,7 +185,8 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
             role,
             pid: None,
             generation: 0,
-            restarts: VecDeque::new(),
+            started_at: None,
+            restarts: RestartPolicy::new(),
             restart_at: None,
         })
         .collect();
@@ -228,7 +228,7 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
         let next_restart = slots.iter().filter_map(|s| s.restart_at).min();
         let restart_due = async {
             match next_restart {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
@@ -286,42 +286,24 @@ fn on_exit(slots: &mut [Slot], exited: Exited) -> Option<String> {
     )
 }
 
-/// Schedules the next start of a child that died or could not be started, with exponential
-/// backoff; `Some(message)` when it failed more than [`MAX_RESTARTS`] times within
-/// [`RESTART_WINDOW`] and the pipeline should stop.
+/// Schedules the next start of a child that died or could not be started, by the shared
+/// [`RestartPolicy`]; `Some(message)` when it stopped too often and the pipeline should stop.
 fn schedule_restart(slot: &mut Slot, what: &str) -> Option<String> {
     let now = Instant::now();
-    while slot
-        .restarts
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-    {
-        slot.restarts.pop_front();
+    match slot.restarts.on_stop(&slot.name, what, now) {
+        Ok(backoff) => {
+            slot.restart_at = Some(now + backoff);
+            None
+        }
+        Err(message) => Some(message),
     }
-    if slot.restarts.len() >= MAX_RESTARTS {
-        return Some(format!(
-            "{} {what} after {} restarts within {} s; stopping the pipeline",
-            slot.name,
-            slot.restarts.len(),
-            RESTART_WINDOW.as_secs()
-        ));
-    }
-    slot.restarts.push_back(now);
-    let backoff = FIRST_BACKOFF
-        .saturating_mul(1 << (slot.restarts.len() - 1).min(16))
-        .min(MAX_BACKOFF);
-    slot.restart_at = Some(now + backoff);
-    tracing::warn!(
-        "{} {what}; restarting in {} ms (restart {} of at most {} per minute)",
-        slot.name,
-        backoff.as_millis(),
-        slot.restarts.len(),
-        MAX_RESTARTS
-    );
-    None
 }
 
 /// Polls the webhook's `/health` until it answers 200, the webhook exits, or a deadline.
+///
+/// The answer must come from this orchestrator's own child: the port was free before the
+/// child started (see [`crate::preflight::check_port`]), the child must not have exited, and
+/// the answering webhook must not have been up longer than the child (its `uptime_seconds`).
 async fn wait_healthy(
     config: &Config,
     rx: &mut mpsc::Receiver<Exited>,
@@ -333,12 +315,35 @@ async fn wait_healthy(
         .timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+    let started_at = slots[0].started_at.unwrap_or_else(Instant::now);
+    let deadline = started_at + READY_DEADLINE;
+    // Whether an exit report is the webhook's own, and if so the start-up failure it means.
+    let webhook_exit = |slots: &mut [Slot], exited: Exited| {
+        if exited.index != 0 || exited.generation != slots[0].generation {
+            return None;
+        }
+        slots[0].pid = None;
+        Some(format!(
+            "the webhook exited during start-up ({}); see the log above",
+            describe(&exited.status)
+        ))
+    };
     loop {
-        if let Ok(r) = client.get(&url).send().await {
-            if r.status().is_success() {
+        let answer = healthy_uptime(&client, &url).await;
+        // An exit already reported wins over any answer: that answer was not our child's.
+        while let Ok(exited) = rx.try_recv() {
+            if let Some(failure) = webhook_exit(slots, exited) {
+                return Err(failure);
+            }
+        }
+        if let Some(uptime) = answer {
+            let ours = started_at.elapsed().as_secs();
+            if uptime <= ours {
                 return Ok(());
             }
+            return Err(format!(
+                "another webhook answers {url} (up {uptime} s, longer than ours) — stop it or set DAY15_WEBHOOK_PORT"
+            ));
         }
         // Losing branches: the sleep is re-created next turn; an exit report stays queued
         // only if this select did not take it, and then it is handled here next turn.
@@ -346,22 +351,29 @@ async fn wait_healthy(
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             _ = shutdown.cancelled() => return Err("shutdown requested during start-up".into()),
             Some(exited) = rx.recv() => {
-                if exited.index == 0 && exited.generation == slots[0].generation {
-                    slots[0].pid = None;
-                    return Err(format!(
-                        "the webhook exited during start-up ({}); see the log above",
-                        describe(&exited.status)
-                    ));
+                if let Some(failure) = webhook_exit(slots, exited) {
+                    return Err(failure);
                 }
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return Err(format!(
                 "the webhook did not answer {url} within {} s",
                 READY_DEADLINE.as_secs()
             ));
         }
     }
+}
+
+/// `Some(uptime_seconds)` when `/health` answers 200 (a healthy body without the field
+/// counts as just started).
+async fn healthy_uptime(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let response = client.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    Some(body["uptime_seconds"].as_u64().unwrap_or(0))
 }
 
 /// SIGTERM to every running child, then wait up to `timeout` (or until `kill_now`) before
@@ -429,47 +441,18 @@ fn kill_remaining(slots: &[Slot]) {
 mod tests {
     use super::*;
 
-    fn slot() -> Slot {
-        Slot {
-            name: "consumer-1".into(),
-            role: Role::Consumer,
-            pid: None,
-            generation: 1,
-            restarts: VecDeque::new(),
-            restart_at: None,
-        }
+    #[test]
+    fn a_child_runs_the_orchestrators_own_executable_in_its_role() {
+        let cmd = command_for(Role::Consumer).expect("the test's own executable");
+        let cmd = cmd.as_std();
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args, [crate::RUN_CONSUMER]);
     }
 
     #[test]
-    fn restarts_back_off_and_the_sixth_failure_within_a_minute_gives_up() {
-        let mut s = slot();
-        let mut delays = Vec::new();
-        for _ in 0..MAX_RESTARTS {
-            let start = Instant::now();
-            assert_eq!(
-                schedule_restart(&mut s, "exited unexpectedly (exit code 1)"),
-                None
-            );
-            delays.push(s.restart_at.map(|t| t - start).unwrap_or_default());
-        }
-        assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
-        assert!(delays[0] >= FIRST_BACKOFF);
-        let message = schedule_restart(&mut s, "exited unexpectedly (exit code 1)")
-            .expect("more than 5 restarts in 60 s stops the pipeline");
-        assert!(message.contains("consumer-1"), "{message}");
-        assert!(message.contains("5 restarts within 60 s"), "{message}");
-    }
-
-    #[test]
-    fn old_restarts_leave_the_window() {
-        let mut s = slot();
-        // A machine up for less than a minute has no such instant; nothing to check then.
-        let Some(long_ago) = Instant::now().checked_sub(RESTART_WINDOW + Duration::from_secs(1))
-        else {
-            return;
-        };
-        s.restarts = std::iter::repeat_n(long_ago, MAX_RESTARTS).collect();
-        assert_eq!(schedule_restart(&mut s, "exited unexpectedly"), None);
-        assert_eq!(s.restarts.len(), 1);
+    fn exit_statuses_are_described_for_the_log() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe(&Ok(ExitStatus::from_raw(1 << 8))), "exit code 1");
+        assert_eq!(describe(&Ok(ExitStatus::from_raw(9))), "killed by SIGKILL");
     }
 }

@@ -135,7 +135,7 @@ pub(super) async fn invalid(ctx: &ScenarioContext) -> anyhow::Result<Check> {
             wrong.push(format!("{} → {status} {}", request.name, reply.body_text()));
         } else if status != request.typical {
             unusual.push(format!(
-                "{} → {status} (SPEC suggests {})",
+                "{} → {status} (docs/api.md: {})",
                 request.name, request.typical
             ));
         }

@@ -1,0 +1,102 @@
+//! The file's tables and indexes, and the migration that puts a file on [`SCHEMA_VERSION`].
+//!
+//! Every row that carries a guarantee lives here: the queue with its lease columns
+//! (`visible_at`, `claim_token`), the idempotency marks (`seen`), the applied marks
+//! (`processed`), the dead letters and the aggregates (`metrics`).
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::error::classify;
+use crate::backend::{BackendError, BackendResult};
+
+/// The schema this build writes; files from a newer build are refused, older ones migrated.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    visible_at INTEGER NOT NULL,
+    claim_token INTEGER
+);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at);
+CREATE TABLE IF NOT EXISTS seen (
+    event_id TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_expiry ON seen(expires_at);
+CREATE TABLE IF NOT EXISTS processed (
+    event_id TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_expiry ON processed(expires_at);
+CREATE TABLE IF NOT EXISTS dlq (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    failure_reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dlq_event ON dlq(event_id);
+CREATE TABLE IF NOT EXISTS metrics (
+    map TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (map, field)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metrics_top_users ON metrics(value DESC, field)
+    WHERE map = 'usage_by_user';
+";
+
+/// Puts a fresh or older file on [`SCHEMA_VERSION`], refusing files from a newer build.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
+    let step = |what: &str, e: rusqlite::Error| classify(path, what, e.into());
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(|e| step("enable WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BackendError::Failed(format!(
+            "SQLite queue file {}: cannot use WAL mode (journal mode stays {mode}); \
+             put the file on a local file system",
+            path.display()
+        )));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| step("migrate", e))?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| step("read schema version", e))?;
+    if version > SCHEMA_VERSION {
+        return Err(BackendError::Failed(format!(
+            "SQLite queue file {} has schema version {version}, written by a newer version of \
+             this program (this one knows up to {SCHEMA_VERSION}); upgrade, or point \
+             DAY15_SQLITE_PATH at another file",
+            path.display()
+        )));
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA)
+            .map_err(|e| step("create schema", e))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| step("write schema version", e))?;
+    }
+    tx.commit().map_err(|e| step("migrate", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::maps;
+
+    #[test]
+    fn the_top_users_index_covers_the_ranked_map() {
+        assert!(SCHEMA.contains(&format!("WHERE map = '{}'", maps::USAGE_BY_USER)));
+    }
+}

@@ -1,0 +1,114 @@
+//! The claim wait loop: how a claimer blocked on an empty queue learns that work is ready.
+//!
+//! Within this process the writer fires [`SqliteBackend`]'s `Notify` after committing an
+//! enqueue, a retry or a replay, which wakes the waiter at once. Another process's commits are
+//! noticed by polling `PRAGMA data_version` on the reader thread every [`POLL_MIN`] doubling
+//! to [`POLL_MAX`]; when it changed, one index seek reads the earliest `visible_at`, so the
+//! loop claims again (a write) only once something is due, and never sleeps past that moment.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::error::StoreResult;
+use super::reader::ReadJob;
+use super::writer::WriteJob;
+use super::{now_millis, SqliteBackend};
+use crate::backend::{BackendResult, Delivery};
+
+/// First and longest interval of the cross-process wait poll.
+const POLL_MIN: Duration = Duration::from_millis(1);
+/// Kept short because it bounds the end-to-end latency across processes; an idle poll is one
+/// `PRAGMA data_version` (no disk read), so 250 a second cost next to nothing.
+const POLL_MAX: Duration = Duration::from_millis(4);
+
+/// What the claim wait loop learns from one poll.
+pub(super) struct Watch {
+    /// The file's `PRAGMA data_version` at this poll.
+    pub(super) version: i64,
+    /// `Some` when the version differs from the one asked about: the earliest `visible_at`.
+    pub(super) next_visible: Option<Option<i64>>,
+}
+
+/// One poll: the data version, and the earliest `visible_at` when the version is not `since`.
+pub(super) fn watch(c: &Connection, since: Option<i64>) -> StoreResult<Watch> {
+    let version: i64 = c
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
+    let next_visible = if since == Some(version) {
+        None
+    } else {
+        Some(
+            c.prepare_cached("SELECT MIN(visible_at) FROM queue")?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))?,
+        )
+    };
+    Ok(Watch {
+        version,
+        next_visible,
+    })
+}
+
+impl SqliteBackend {
+    /// Claims up to `max` (at least one) visible events, waiting up to `wait` for one to
+    /// become visible. A cancelled or expired wait returns an empty batch; a claim the writer
+    /// committed is always returned.
+    pub(super) async fn claim_waiting(
+        &self,
+        max: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> BackendResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Data version of the file when `next_visible` was read.
+        let mut version = None;
+        let mut next_visible: Option<i64> = None;
+        loop {
+            // Register interest before claiming, so an enqueue through this instance between
+            // the claim and the wait still wakes us.
+            let arrived = self.arrivals.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            // Never raced against `cancel`: a claim committed by the writer must be returned.
+            let got = self.write(|reply| WriteJob::Claim { max, reply }).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let mut pause = POLL_MIN;
+            loop {
+                if cancel.is_cancelled() || tokio::time::Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
+                let seen = self
+                    .read(|reply| ReadJob::Watch {
+                        since: version,
+                        reply,
+                    })
+                    .await?;
+                version = Some(seen.version);
+                if let Some(next) = seen.next_visible {
+                    next_visible = next;
+                }
+                let now = now_millis();
+                if next_visible.is_some_and(|at| at <= now) {
+                    break;
+                }
+                let mut until = deadline.min(tokio::time::Instant::now() + pause);
+                if let Some(at) = next_visible {
+                    let due =
+                        tokio::time::Instant::now() + Duration::from_millis((at - now) as u64);
+                    until = until.min(due);
+                }
+                // Losing branches are dropped: the sleep and the notification hold nothing,
+                // and a cancelled wait has claimed nothing.
+                tokio::select! {
+                    _ = &mut arrived => break,
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = cancel.cancelled() => return Ok(Vec::new()),
+                }
+                pause = (pause * 2).min(POLL_MAX);
+            }
+        }
+    }
+}

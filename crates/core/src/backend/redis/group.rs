@@ -1,0 +1,47 @@
+//! The consumer group every consumer reads through: created on connect, and re-created when
+//! Redis lost it (a restart without persistence, a flush) so the pipeline carries on.
+
+use super::error::{bounded, CallError};
+use super::{keys, RedisBackend};
+
+impl RedisBackend {
+    /// Creates the consumer group (and the stream) unless it exists.
+    ///
+    /// The group starts at `0`, not `$`: entries added before the group exists (a webhook
+    /// enqueuing after Redis lost its data, before any claim re-created the group) must still
+    /// be delivered. Settled entries are deleted, so reading from `0` never replays work that
+    /// was done.
+    pub(super) async fn ensure_group(&self) -> Result<(), CallError> {
+        let mut conn = self.conn.clone();
+        let created = bounded(
+            ::redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&self.keys.stream)
+                .arg(keys::GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+        match created {
+            Err(CallError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Runs `call`, and once more after re-creating the consumer group if Redis lost it (a
+    /// restart without persistence).
+    pub(super) async fn with_group<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T, CallError>
+    where
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        match call().await {
+            Err(e) if e.is_nogroup() => {
+                tracing::warn!(url = %self.redacted_url, "consumer group missing; re-creating it");
+                self.ensure_group().await?;
+                call().await
+            }
+            other => other,
+        }
+    }
+}

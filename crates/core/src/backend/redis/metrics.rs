@@ -1,0 +1,65 @@
+//! Metric maps: one sorted set per map, listed in a registry set; written by the settle and
+//! record scripts, read in one consistent snapshot by the metrics script.
+
+use ::redis::Value;
+
+use super::error::bounded;
+use super::reply::{integer, scored_pairs, text};
+use super::RedisBackend;
+use crate::analytics::{maps, Increment, MapShape, MetricsSnapshot, MINUTE_WINDOW, TOP_USERS};
+use crate::backend::BackendResult;
+
+/// How long a per-minute metric map outlives its last write.
+pub(super) const MINUTE_MAP_TTL_SECS: i64 = (MINUTE_WINDOW + 5) * 60;
+
+impl RedisBackend {
+    /// Adds increments outside any delivery, in one script call.
+    pub(super) async fn add_increments(&self, increments: Vec<Increment>) -> BackendResult<()> {
+        if increments.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.record.prepare_invoke();
+        inv.key(&self.keys.registry)
+            .arg(self.keys.metric_prefix())
+            .arg(maps::PER_MINUTE_PREFIX)
+            .arg(MINUTE_MAP_TTL_SECS);
+        for i in &increments {
+            inv.arg(&i.map).arg(&i.field).arg(i.by);
+        }
+        let mut conn = self.conn.clone();
+        bounded(inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map_err(self.fail("record"))?;
+        Ok(())
+    }
+
+    /// Every metric map, read atomically by one script call.
+    pub(super) async fn read_metrics(&self) -> BackendResult<MetricsSnapshot> {
+        let mut inv = self.scripts.metrics.prepare_invoke();
+        inv.key(&self.keys.registry)
+            .arg(self.keys.metric_prefix())
+            .arg(maps::USERS)
+            .arg(maps::USAGE_BY_USER)
+            .arg(TOP_USERS);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
+            .await
+            .map_err(self.fail("metrics"))?;
+        let mut snapshot = MetricsSnapshot::default();
+        for pair in reply.chunks_exact(2) {
+            let Some(name) = text(&pair[0]) else { continue };
+            match MapShape::of(&name) {
+                MapShape::Distinct => {
+                    snapshot.distinct_users = integer(&pair[1]).unwrap_or(0) as u64
+                }
+                MapShape::Ranked => snapshot.top_users = scored_pairs(&pair[1]),
+                MapShape::Summed => {
+                    snapshot
+                        .maps
+                        .insert(name, scored_pairs(&pair[1]).into_iter().collect());
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+}

@@ -1,0 +1,211 @@
+//! Redis Streams backend (`DAY15_QUEUE_BACKEND=redis`): the way past one machine.
+//!
+//! Several webhooks and many consumers on many machines share one Redis. The queue is a stream
+//! read through one consumer group, so each entry is leased to one consumer at a time; its
+//! pending-entries list is the lease table and `XAUTOCLAIM` takes over entries whose consumer
+//! crashed. Every move between structures (enqueue, claim, settle, requeue, dead-letter,
+//! replay, purge) is one Lua script, so a crash never leaves an event in two places or in none.
+//! The scripts live in `redis/lua/`, each headed by its KEYS, ARGV and return value.
+//!
+//! Trade-offs chosen:
+//! - Settled entries are `XACK`ed *and* `XDEL`eted, so the stream only ever holds unread and
+//!   in-flight entries: `XLEN` is exactly that part of the queue depth, no counter has to be
+//!   kept in step, and no `XTRIM` is needed.
+//! - A [`Lease::Redis`] is the entry id, the consumer and the delivery count (from the
+//!   pending-entries list) of the claim: a consumer may take over its own stalled entry, so the
+//!   consumer name alone could not tell a stale settlement from a current one. Every
+//!   settlement checks both against the pending-entries list inside its script.
+//! - Exactly-once analytics needs no applied mark per event: an entry's effect is applied by
+//!   the script that acks it, and only while the entry is still pending, so the pending list
+//!   itself records what was applied. The consumer sums a batch's effects per field, so Redis
+//!   does one write per distinct field per batch, not one per event.
+//! - Claiming (due retries back to the stream, `XAUTOCLAIM`, `XREADGROUP`) is one script, so a
+//!   claim costs one round trip; between its runs (see [`ClaimSchedule`]) a busy consumer
+//!   claims with a plain `XREADGROUP`. The wait for new entries runs as `XREADGROUP … BLOCK` on
+//!   a dedicated connection (a blocking call would stall the shared multiplexed one), in
+//!   slices so cancellation, due retries and expired leases are noticed.
+//! - Every call is bounded by [`CALL_DEADLINE`]: when Redis is down, callers get
+//!   [`BackendError::Unavailable`] within a second (the webhook answers 503) and the
+//!   connection manager reconnects by itself once Redis is back.
+//!
+//! Layout, one file per concern: [`keys`] (the key layout), `scripts.rs` (loading the Lua
+//! files), `enqueue.rs`, `claim.rs` (the claim schedule and the blocking wait), `settle.rs`,
+//! `dlq.rs`, `metrics.rs`, `group.rs` (creating and re-creating the consumer group),
+//! `error.rs` (the call deadline and the mapping to [`BackendError`]) and `reply.rs` (decoding
+//! replies); this file connects and implements [`Backend`] on top of them.
+
+mod claim;
+mod dlq;
+mod enqueue;
+mod error;
+mod group;
+pub mod keys;
+mod metrics;
+mod reply;
+mod scripts;
+mod settle;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::analytics::MetricsSnapshot;
+use crate::config::redact_url;
+use claim::ClaimSchedule;
+pub use error::CALL_DEADLINE;
+use error::{bounded, CallError};
+use keys::Keys;
+use scripts::Scripts;
+
+/// Connect timeout of each connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The scale-out backend.
+pub struct RedisBackend {
+    /// Auto-reconnecting multiplexed connection shared by every non-blocking call.
+    conn: ConnectionManager,
+    /// Opens the dedicated connections of blocking reads.
+    client: ::redis::Client,
+    /// Idle dedicated connections for `XREADGROUP … BLOCK`, reused by later claims. A
+    /// `std::sync::Mutex`: it is only held to push or pop, never across an `.await`.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// Every key name under this pipeline's prefix.
+    keys: Keys,
+    /// Visibility timeout (passed to the claim script) and idempotency TTL.
+    options: BackendOptions,
+    /// The Lua scripts, loaded once.
+    scripts: Scripts,
+    /// Progress of the search for expired leases. Never held across `.await`.
+    claims: Mutex<ClaimSchedule>,
+    /// The URL without its password, for messages.
+    redacted_url: String,
+}
+
+impl RedisBackend {
+    /// Connects to `url` (the password never appears in errors or logs), and creates the
+    /// consumer group if it does not exist yet. Fails with [`BackendError::Unavailable`] when
+    /// Redis does not answer within about a second.
+    pub async fn connect(url: &str, prefix: &str, options: BackendOptions) -> BackendResult<Self> {
+        let redacted_url = redact_url(url);
+        if url.starts_with("rediss://") {
+            return Err(BackendError::Failed(format!(
+                "{redacted_url}: TLS (rediss://) is not supported by this build; \
+                 use redis:// (for example through a TLS-terminating proxy)"
+            )));
+        }
+        let client = ::redis::Client::open(url)
+            .map_err(|e| BackendError::Failed(format!("invalid redis URL {redacted_url}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_DEADLINE))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(CallError::Redis(e).into_backend("connect", &redacted_url));
+            }
+            Err(_) => return Err(CallError::Deadline.into_backend("connect", &redacted_url)),
+        };
+        let backend = RedisBackend {
+            conn,
+            client,
+            blocking: Mutex::new(Vec::new()),
+            keys: Keys::new(prefix),
+            options,
+            scripts: Scripts::new(),
+            claims: Mutex::new(ClaimSchedule::new()),
+            redacted_url,
+        };
+        backend
+            .ensure_group()
+            .await
+            .map_err(|e| e.into_backend("create consumer group", &backend.redacted_url))?;
+        tracing::debug!(url = %backend.redacted_url, prefix, "redis backend connected");
+        Ok(backend)
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+            .map_err(self.fail("ping"))
+    }
+
+    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+        self.enqueue_batch(events).await
+    }
+
+    async fn claim_batch(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> BackendResult<Vec<Delivery>> {
+        self.claim(consumer, max, wait, cancel).await
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
+        self.settle_batch(settlements).await
+    }
+
+    /// Queue depth = `XLEN` of the stream (unread + in flight: settled entries are deleted)
+    /// + `ZCARD` of the retry set; DLQ depth = `XLEN` of the DLQ stream. Read atomically.
+    async fn depths(&self) -> BackendResult<Depths> {
+        let mut conn = self.conn.clone();
+        let (stream, retry, dlq): (u64, u64, u64) = bounded(
+            ::redis::pipe()
+                .atomic()
+                .cmd("XLEN")
+                .arg(&self.keys.stream)
+                .cmd("ZCARD")
+                .arg(&self.keys.retry)
+                .cmd("XLEN")
+                .arg(&self.keys.dlq)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(self.fail("depths"))?;
+        Ok(Depths {
+            queue: stream + retry,
+            dlq,
+        })
+    }
+
+    async fn dlq_list(&self, limit: usize, offset: usize) -> BackendResult<Vec<DeadLetter>> {
+        self.list_dead_letters(limit, offset).await
+    }
+
+    async fn dlq_replay(&self, which: DlqSelection) -> BackendResult<u64> {
+        self.replay_dead_letters(which).await
+    }
+
+    async fn dlq_purge(&self) -> BackendResult<u64> {
+        self.purge_dead_letters().await
+    }
+
+    async fn record(&self, increments: Vec<Increment>) -> BackendResult<()> {
+        self.add_increments(increments).await
+    }
+
+    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
+        self.read_metrics().await
+    }
+}

@@ -1,0 +1,137 @@
+//! Decoding Redis replies (RESP2 or RESP3 shapes alike) into deliveries, strings and numbers.
+//! A malformed part of a reply is skipped rather than failing the whole call.
+
+use std::collections::HashMap;
+
+use ::redis::Value;
+
+use crate::backend::{Delivery, Lease};
+use crate::event::EventId;
+
+/// A delivery leased to `consumer` from an entry's parts; `None` without a valid event id.
+pub(super) fn delivery(
+    entry: &str,
+    deliveries: i64,
+    consumer: &str,
+    event_id: Option<&str>,
+    payload: Option<String>,
+    failures: Option<&str>,
+) -> Option<Delivery> {
+    let event_id = EventId::parse(event_id?).ok()?;
+    let failures: u32 = failures.and_then(|f| f.parse().ok()).unwrap_or(0);
+    Some(Delivery {
+        lease: Lease::Redis {
+            entry: entry.to_string(),
+            consumer: consumer.to_string(),
+            deliveries: deliveries.max(0) as u64,
+        },
+        event_id,
+        payload: payload.unwrap_or_default(),
+        attempt: failures.saturating_add(1),
+    })
+}
+
+/// Deliveries of an `XREADGROUP … >` reply: first deliveries, so their delivery count is 1.
+pub(super) fn stream_read_deliveries(reply: &Value, consumer: &str) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    let streams: Vec<&Value> = match reply {
+        Value::Array(streams) => streams.iter().collect(),
+        Value::Map(streams) => streams.iter().map(|(_, v)| v).collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        // RESP2: [name, entries]; RESP3 map values are the entries themselves.
+        let entries = match stream {
+            Value::Array(pair) if pair.len() == 2 && matches!(pair[1], Value::Array(_)) => &pair[1],
+            other => other,
+        };
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
+                continue;
+            };
+            let f = field_map(fields);
+            if let Some(d) = delivery(
+                &id,
+                1,
+                consumer,
+                f.get("id").map(String::as_str),
+                f.get("payload").cloned(),
+                f.get("failures").map(String::as_str),
+            ) {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// A stream entry's fields (`[k, v, k, v, …]` or a map) as strings.
+pub(super) fn field_map(fields: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    match fields {
+        Value::Array(kv) => {
+            for pair in kv.chunks_exact(2) {
+                if let (Some(k), Some(v)) = (text(&pair[0]), text(&pair[1])) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        Value::Map(kv) => {
+            for (k, v) in kv {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A string, bulk string or integer reply as text.
+pub(super) fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// An integer reply, or a string holding one.
+pub(super) fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A double or integer reply, or a string holding a number.
+pub(super) fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Double(d) => Some(*d),
+        Value::Int(i) => Some(*i as f64),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `[field, score, field, score, …]` as pairs.
+pub(super) fn scored_pairs(v: &Value) -> Vec<(String, f64)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .chunks_exact(2)
+        .filter_map(|p| Some((text(&p[0])?, number(&p[1])?)))
+        .collect()
+}

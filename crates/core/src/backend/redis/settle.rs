@@ -1,0 +1,184 @@
+//! Settling a batch: acks, retries and dead letters of one batch in one settle script run,
+//! each checked against the pending-entries list. Acks whose lease is no longer current are
+//! dropped and the rest is settled again.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use super::error::{bounded, CallError};
+use super::metrics::MINUTE_MAP_TTL_SECS;
+use super::{keys, RedisBackend};
+use crate::analytics::{counting, maps, Sums};
+use crate::backend::{epoch_millis, BackendResult, Lease, Settlement};
+
+impl RedisBackend {
+    /// Settles the whole batch. An ack whose entry another consumer claimed or settled after
+    /// this lease ran out is dropped (logged at debug), and so settles nothing.
+    pub(super) async fn settle_batch(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
+        let mut settlements = settlements;
+        // Each pass drops at least one ack (the stale ones are among them), so this ends.
+        while !settlements.is_empty() {
+            let stale: HashSet<String> = self
+                .with_group(|| self.settle_once(&settlements))
+                .await
+                .map_err(self.fail("settle"))?
+                .into_iter()
+                .collect();
+            if stale.is_empty() {
+                return Ok(());
+            }
+            tracing::debug!(
+                count = stale.len(),
+                "acks for entries settled by another consumer dropped"
+            );
+            settlements.retain(|s| match (s, &s.delivery().lease) {
+                (Settlement::Ack { .. }, Lease::Redis { entry, .. }) => !stale.contains(entry),
+                _ => true,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the settle script once. Returns the acked entries whose lease was not current
+    /// (another consumer claimed or settled them after this lease ran out); then nothing was
+    /// written. Settlements holding another backend's lease are left out: they settle nothing.
+    async fn settle_once(&self, settlements: &[Settlement]) -> Result<Vec<String>, CallError> {
+        // Acks grouped by the consumer that holds them (one group in practice), each group
+        // with its lowest and highest entry id, for the script's one XPENDING range per group.
+        let mut groups: Vec<AckGroup<'_>> = Vec::new();
+        let mut sums = Sums::default();
+        for s in settlements {
+            let (
+                Settlement::Ack { effect, .. },
+                Lease::Redis {
+                    entry,
+                    consumer,
+                    deliveries,
+                },
+            ) = (s, &s.delivery().lease)
+            else {
+                continue;
+            };
+            let at = match groups.iter().position(|g| g.consumer == consumer) {
+                Some(at) => at,
+                None => {
+                    groups.push(AckGroup::new(consumer));
+                    groups.len() - 1
+                }
+            };
+            groups[at].add(entry, *deliveries);
+            sums.extend(effect.iter().flat_map(|e| &e.increments));
+        }
+        let now = epoch_millis(SystemTime::now());
+        let mut inv = self.scripts.settle.prepare_invoke();
+        inv.key(&self.keys.stream)
+            .key(&self.keys.retry)
+            .key(&self.keys.dlq)
+            .key(&self.keys.registry)
+            .arg(keys::GROUP)
+            .arg(self.keys.metric_prefix())
+            .arg(maps::PER_MINUTE_PREFIX)
+            .arg(MINUTE_MAP_TTL_SECS)
+            .arg(now)
+            .arg(maps::COUNTERS)
+            .arg(counting::RETRY.join(" "))
+            .arg(counting::DEAD_LETTER.join(" "))
+            .arg(groups.len());
+        for g in &groups {
+            inv.arg(g.consumer)
+                .arg(g.lowest.map_or("-", |(_, e)| e))
+                .arg(g.highest.map_or("+", |(_, e)| e))
+                .arg(g.entries.len());
+            for (entry, deliveries) in &g.entries {
+                inv.arg(*entry).arg(*deliveries);
+            }
+        }
+        inv.arg(sums.len());
+        for (map, field, by) in sums.iter() {
+            inv.arg(map).arg(field).arg(by);
+        }
+        for s in settlements {
+            let Lease::Redis {
+                entry,
+                consumer,
+                deliveries,
+            } = &s.delivery().lease
+            else {
+                continue;
+            };
+            match s {
+                Settlement::Ack { .. } => {}
+                Settlement::Retry {
+                    delivery,
+                    not_before,
+                    ..
+                } => {
+                    inv.arg("R")
+                        .arg(entry)
+                        .arg(consumer)
+                        .arg(deliveries)
+                        .arg(delivery.attempt)
+                        .arg(epoch_millis(*not_before));
+                }
+                Settlement::DeadLetter {
+                    delivery,
+                    reason,
+                    error,
+                } => {
+                    inv.arg("D")
+                        .arg(entry)
+                        .arg(consumer)
+                        .arg(deliveries)
+                        .arg(delivery.attempt)
+                        .arg(reason.as_str())
+                        .arg(error);
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await
+    }
+}
+
+/// The acks of one batch held by one consumer, as the settle script checks them.
+struct AckGroup<'a> {
+    consumer: &'a str,
+    /// `(entry id, lease delivery count)`.
+    entries: Vec<(&'a str, u64)>,
+    /// The lowest and highest entry id, by stream order.
+    lowest: Option<((u64, u64), &'a str)>,
+    highest: Option<((u64, u64), &'a str)>,
+}
+
+impl<'a> AckGroup<'a> {
+    fn new(consumer: &'a str) -> Self {
+        AckGroup {
+            consumer,
+            entries: Vec::new(),
+            lowest: None,
+            highest: None,
+        }
+    }
+
+    fn add(&mut self, entry: &'a str, deliveries: u64) {
+        self.entries.push((entry, deliveries));
+        // An id Redis did not make cannot be ordered: then the range is the whole stream.
+        let Some(at) = stream_position(entry) else {
+            self.lowest = Some(((0, 0), "-"));
+            self.highest = Some(((u64::MAX, u64::MAX), "+"));
+            return;
+        };
+        if self.lowest.is_none_or(|(low, _)| at < low) {
+            self.lowest = Some((at, entry));
+        }
+        if self.highest.is_none_or(|(high, _)| at > high) {
+            self.highest = Some((at, entry));
+        }
+    }
+}
+
+/// A stream entry id `<ms>-<seq>` as a sortable pair.
+fn stream_position(entry: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = entry.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pipeline_core::analytics::MetricsSnapshot;
+use pipeline_core::analytics::StoredMetrics;
 use pipeline_core::backend::{self, BackendError};
 use pipeline_core::config::{BackendKind, Config};
 pub use pipeline_core::testkit::RedisServer;
@@ -272,7 +272,7 @@ impl Pipeline {
 
     /// Every metric map, read straight from the backend the pipeline's processes share.
     /// A read the backend refuses as unavailable (a timeout on a loaded machine) is retried.
-    pub fn backend_metrics(&self) -> MetricsSnapshot {
+    pub fn backend_metrics(&self) -> StoredMetrics {
         let config = self.backend_config();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

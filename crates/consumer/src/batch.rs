@@ -24,8 +24,8 @@ use pipeline_core::backend::{Backend, BackendError, BackendResult, Delivery, Set
 use pipeline_core::config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::dashboard::{BatchDeltas, DashboardPublisher};
-use crate::handlers::{decide, HandlerSettings};
+use crate::dashboard_push::{BatchDeltas, DashboardPublisher};
+use crate::decide::{decide, HandlerSettings};
 use crate::retry::OutageBackoff;
 use crate::stats::ProcessingStats;
 
@@ -82,7 +82,7 @@ impl BackendHealth {
 /// A batch decided: what to tell the backend, and what to count once it is settled.
 struct Decided {
     settlements: Vec<Settlement>,
-    outcomes: Vec<crate::handlers::Outcome>,
+    outcomes: Vec<crate::decide::Outcome>,
     deltas: Option<BatchDeltas>,
 }
 

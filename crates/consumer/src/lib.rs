@@ -5,10 +5,10 @@
 //! backend and calls it, and the orchestrator calls it in-process for the memory backend.
 //!
 //! - [`batch`]: the claim → decide → settle loop, one backend round trip per batch.
-//! - [`handlers`]: the per-event decision (apply, retry later, dead-letter), fault injection.
+//! - [`decide`]: the per-event decision (apply, retry later, dead-letter), fault injection.
 //! - [`retry`]: capped exponential backoff with equal jitter.
 //! - [`dlq`]: `consumer dlq list | replay | purge`.
-//! - [`dashboard`]: optional best-effort POST of each batch's metric deltas.
+//! - [`dashboard_push`]: optional best-effort POST of each batch's metric deltas.
 //! - [`stats`]: this consumer's `PROCESSING STATISTICS`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 pub mod batch;
 pub mod cli;
-pub mod dashboard;
+pub mod dashboard_push;
+pub mod decide;
 pub mod dlq;
-pub mod handlers;
 pub mod retry;
 pub mod stats;
 

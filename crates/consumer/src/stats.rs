@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pipeline_core::analytics::FailureCounts;
 use pipeline_core::latency::{self, bucket_of, Percentiles};
 
-use crate::handlers::Outcome;
+use crate::decide::Outcome;
 
 /// Dashboard delivery counts (SPEC §3: failures are counted, never fail events).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -329,9 +329,11 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     }
 }
 
-/// What a backend returns of its metric maps.
+/// Every metric map as a backend stores it (pipeline counters, analytics maps, latency
+/// histograms), read back in one consistent step; [`AnalyticsSnapshot`] and the `/stats`
+/// document are shaped from it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct MetricsSnapshot {
+pub struct StoredMetrics {
     /// Every map except the ranked and distinct ones, per-minute maps included.
     pub maps: BTreeMap<String, BTreeMap<String, f64>>,
     /// Number of fields of [`maps::USERS`].
@@ -340,7 +342,7 @@ pub struct MetricsSnapshot {
     pub top_users: Vec<(String, f64)>,
 }
 
-impl MetricsSnapshot {
+impl StoredMetrics {
     pub fn map(&self, name: &str) -> BTreeMap<String, f64> {
         self.maps.get(name).cloned().unwrap_or_default()
     }
@@ -361,7 +363,7 @@ impl MetricsSnapshot {
 
     /// The snapshot of maps held whole in memory, each read back by its [`MapShape`].
     pub fn from_maps(all: &Maps) -> Self {
-        let mut snapshot = MetricsSnapshot::default();
+        let mut snapshot = StoredMetrics::default();
         for (name, map) in all {
             match MapShape::of(name) {
                 MapShape::Summed => {
@@ -459,7 +461,7 @@ fn round2(x: f64) -> f64 {
 }
 
 impl AnalyticsSnapshot {
-    pub fn from_metrics(m: &MetricsSnapshot, now: DateTime<Utc>) -> Self {
+    pub fn from_metrics(m: &StoredMetrics, now: DateTime<Utc>) -> Self {
         let events_by_type = counts(m.map(maps::EVENTS_BY_TYPE));
         let of_type = |t: &str| events_by_type.get(t).copied().unwrap_or(0);
 
@@ -557,7 +559,7 @@ mod tests {
         for e in events {
             add_to_maps(&mut stored, &effect_of(&event(e), now).increments);
         }
-        let m = MetricsSnapshot::from_maps(&stored);
+        let m = StoredMetrics::from_maps(&stored);
 
         let a = AnalyticsSnapshot::from_metrics(&m, now);
         assert_eq!(a.events_processed, 6);

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{counters, maps, MetricsSnapshot};
+use crate::analytics::{counters, maps, StoredMetrics};
 use crate::backend::Depths;
 use crate::latency::{self, Percentiles};
 
@@ -35,7 +35,7 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
-    pub fn from_metrics(backend: &str, m: &MetricsSnapshot, depths: Depths) -> Self {
+    pub fn from_metrics(backend: &str, m: &StoredMetrics, depths: Depths) -> Self {
         PipelineStats {
             backend: backend.to_string(),
             received: m.counter(counters::RECEIVED),

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
 use futures_util::stream::{self, Stream};
-use pipeline_core::analytics::{AnalyticsSnapshot, MetricsSnapshot};
+use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
 use pipeline_core::backend::Depths;
 use pipeline_core::stats::PipelineStats;
 use serde::Serialize;
@@ -40,7 +40,7 @@ struct Snapshot {
 struct StreamState {
     app: AppState,
     /// What was last sent; an unchanged reading sends nothing.
-    last: Option<(MetricsSnapshot, Depths)>,
+    last: Option<(StoredMetrics, Depths)>,
     /// False until the first tick, which is sent at once.
     started: bool,
 }

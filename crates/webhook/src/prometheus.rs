@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use pipeline_core::analytics::{maps, MetricsSnapshot};
+use pipeline_core::analytics::{maps, StoredMetrics};
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
 
@@ -24,7 +24,7 @@ const BOUNDS: [f64; 18] = [
 ];
 
 /// Renders every counter, depth gauge and latency histogram.
-pub fn render(stats: &PipelineStats, metrics: &MetricsSnapshot, uptime_seconds: u64) -> String {
+pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u64) -> String {
     let mut out = String::with_capacity(4096);
     let counters: [(&str, u64, &str); 9] = [
         (
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn counters_gauges_and_cumulative_histograms_are_rendered() {
-        let mut m = MetricsSnapshot::default();
+        let mut m = StoredMetrics::default();
         m.add(&[
             Increment::latency(maps::LATENCY_INGEST, 300),
             Increment::latency(maps::LATENCY_INGEST, 300),

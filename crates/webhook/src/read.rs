@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pipeline_core::analytics::{AnalyticsSnapshot, MetricsSnapshot};
+use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
 use pipeline_core::backend::{DeadLetter, Depths};
 use pipeline_core::event::format_received_at;
 use pipeline_core::stats::PipelineStats;
@@ -76,7 +76,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 impl AppState {
     /// Backend metrics and depths with this process's unflushed counts added, read under the
     /// flush lock so nothing is counted twice or missed (see [`crate::local_metrics`]).
-    pub(crate) async fn pipeline_figures(&self) -> Result<(MetricsSnapshot, Depths), ApiError> {
+    pub(crate) async fn pipeline_figures(&self) -> Result<(StoredMetrics, Depths), ApiError> {
         let read = async {
             let _guard = self.inner.local.flush_lock.lock().await;
             let backend = self.backend();

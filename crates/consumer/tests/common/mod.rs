@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use consumer::ProcessingStats;
-use pipeline_core::analytics::MetricsSnapshot;
+use pipeline_core::analytics::StoredMetrics;
 use pipeline_core::backend::memory::MemoryBackend;
 use pipeline_core::backend::{Backend, BackendOptions, QueuedEvent};
 use pipeline_core::config::{Config, ConfigArgs};
@@ -76,7 +76,7 @@ pub async fn enqueue(backend: &Arc<MemoryBackend>, events: Vec<QueuedEvent>) {
     backend.enqueue(events).await.expect("memory enqueue");
 }
 
-pub async fn metrics(backend: &Arc<MemoryBackend>) -> MetricsSnapshot {
+pub async fn metrics(backend: &Arc<MemoryBackend>) -> StoredMetrics {
     backend.metrics().await.expect("memory metrics")
 }
 

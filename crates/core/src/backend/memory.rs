@@ -380,7 +380,7 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
-        Ok(MetricsSnapshot::from_maps(&self.lock().metrics))
+    async fn metrics(&self) -> BackendResult<StoredMetrics> {
+        Ok(StoredMetrics::from_maps(&self.lock().metrics))
     }
 }

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::analytics::{Effect, Increment, MetricsSnapshot};
+use crate::analytics::{Effect, Increment, StoredMetrics};
 use crate::config::{BackendKind, Config};
 use crate::event::EventId;
 
@@ -267,8 +267,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds to metric maps outside any delivery (webhook counters and ingest latencies).
     async fn record(&self, increments: Vec<Increment>) -> BackendResult<()>;
 
-    /// Every metric map, shaped as [`MetricsSnapshot`] documents.
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot>;
+    /// Every metric map, shaped as [`StoredMetrics`] documents.
+    async fn metrics(&self) -> BackendResult<StoredMetrics>;
 }
 
 /// Opens the backend the configuration names.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::analytics::{Increment, MetricsSnapshot};
+use crate::analytics::{Increment, StoredMetrics};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{
     Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery, Depths,
@@ -175,7 +175,7 @@ impl Backend for FaultyBackend {
         self.inner.record(increments).await
     }
 
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
+    async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.gate().await?;
         self.inner.metrics().await
     }

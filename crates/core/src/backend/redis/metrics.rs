@@ -6,7 +6,7 @@ use ::redis::Value;
 use super::error::bounded;
 use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
-use crate::analytics::{maps, Increment, MapShape, MetricsSnapshot, MINUTE_WINDOW, TOP_USERS};
+use crate::analytics::{maps, Increment, MapShape, StoredMetrics, MINUTE_WINDOW, TOP_USERS};
 use crate::backend::BackendResult;
 
 /// How long a per-minute metric map outlives its last write.
@@ -34,7 +34,7 @@ impl RedisBackend {
     }
 
     /// Every metric map, read atomically by one script call.
-    pub(super) async fn read_metrics(&self) -> BackendResult<MetricsSnapshot> {
+    pub(super) async fn read_metrics(&self) -> BackendResult<StoredMetrics> {
         let mut inv = self.scripts.metrics.prepare_invoke();
         inv.key(&self.keys.registry)
             .arg(self.keys.metric_prefix())
@@ -45,7 +45,7 @@ impl RedisBackend {
         let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
             .await
             .map_err(self.fail("metrics"))?;
-        let mut snapshot = MetricsSnapshot::default();
+        let mut snapshot = StoredMetrics::default();
         for pair in reply.chunks_exact(2) {
             let Some(name) = text(&pair[0]) else { continue };
             match MapShape::of(&name) {

@@ -53,7 +53,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::analytics::MetricsSnapshot;
+use crate::analytics::StoredMetrics;
 use crate::config::redact_url;
 use claim::ClaimSchedule;
 pub use error::CALL_DEADLINE;
@@ -205,7 +205,7 @@ impl Backend for RedisBackend {
         self.add_increments(increments).await
     }
 
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
+    async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read_metrics().await
     }
 }

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection};
 
 use super::error::StoreResult;
-use crate::analytics::{maps, MapShape, MetricsSnapshot, Sums, TOP_USERS};
+use crate::analytics::{maps, MapShape, StoredMetrics, Sums, TOP_USERS};
 
 /// Adds to one field of one map, creating it at the added value.
 const ADD_METRIC: &str = "INSERT INTO metrics (map, field, value) VALUES (?1, ?2, ?3)
@@ -31,8 +31,8 @@ pub(super) fn add_counters(c: &Connection, pairs: &[(&str, u64)]) -> StoreResult
 }
 
 /// Every summed map, the number of distinct users and the top users, from one snapshot.
-pub(super) fn metrics(c: &Connection) -> StoreResult<MetricsSnapshot> {
-    let mut snapshot = MetricsSnapshot::default();
+pub(super) fn metrics(c: &Connection) -> StoreResult<StoredMetrics> {
+    let mut snapshot = StoredMetrics::default();
     // Walk map names by index seeks, so the (large) users and per-user maps are never scanned.
     let mut next_map = c.prepare_cached("SELECT MIN(map) FROM metrics WHERE map > ?1")?;
     let mut fields = c.prepare_cached("SELECT field, value FROM metrics WHERE map = ?1")?;

@@ -62,7 +62,7 @@ use super::{
     epoch_millis, Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery,
     Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
-use crate::analytics::{Increment, MetricsSnapshot};
+use crate::analytics::{Increment, StoredMetrics};
 use crate::config::SqliteSynchronous;
 
 pub use self::schema::SCHEMA_VERSION;
@@ -258,7 +258,7 @@ impl Backend for SqliteBackend {
             .await
     }
 
-    async fn metrics(&self) -> BackendResult<MetricsSnapshot> {
+    async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read(ReadJob::Metrics).await
     }
 }

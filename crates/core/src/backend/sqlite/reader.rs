@@ -13,7 +13,7 @@ use super::error::{classify, StoreResult};
 use super::metrics::metrics;
 use super::wait::{watch, Watch};
 use super::Reply;
-use crate::analytics::MetricsSnapshot;
+use crate::analytics::StoredMetrics;
 use crate::backend::{BackendResult, DeadLetter, Depths};
 
 /// Requests waiting for the reader thread.
@@ -28,7 +28,7 @@ pub(super) enum ReadJob {
         offset: usize,
         reply: Reply<Vec<DeadLetter>>,
     },
-    Metrics(Reply<MetricsSnapshot>),
+    Metrics(Reply<StoredMetrics>),
     /// The file's data version, and when the next row becomes visible if it changed since.
     Watch {
         since: Option<i64>,

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::handlers::Outcome;
+use crate::decide::Outcome;
 use crate::stats::DashboardCounts;
 
 /// How long one POST may take.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(config: Config) -> i32 {
     let backend: Arc<dyn Backend> =
         Arc::new(MemoryBackend::new(BackendOptions::from_config(&config)));
-    let address = (config.webhook_host.clone(), config.webhook_port);
+    let address = (config.http.host.clone(), config.http.port);
     let listener = match TcpListener::bind((address.0.as_str(), address.1)).await {
         Ok(l) => l,
         Err(e) => {

@@ -26,7 +26,7 @@ pub async fn check_backend(config: &Config) -> Result<(), String> {
         ),
         BackendKind::Sqlite => format!(
             "Cannot open the SQLite queue at {}: {cause} — check DAY15_SQLITE_PATH",
-            config.sqlite_path.display()
+            config.sqlite.path.display()
         ),
         BackendKind::Memory => format!("In-memory backend failed: {cause}"),
     })

@@ -259,13 +259,13 @@ impl Pipeline {
             _ => BackendKind::Sqlite,
         };
         if let Some(path) = var("DAY15_SQLITE_PATH") {
-            config.sqlite_path = path.into();
+            config.sqlite.path = path.into();
         }
         if let Some(url) = var("DAY15_REDIS_URL") {
-            config.redis_url = url;
+            config.redis.url = url;
         }
         if let Some(prefix) = var("DAY15_KEY_PREFIX") {
-            config.key_prefix = prefix;
+            config.redis.key_prefix = prefix;
         }
         config
     }

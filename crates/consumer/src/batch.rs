@@ -139,8 +139,8 @@ pub struct Consumer {
 impl Consumer {
     /// Prepares a consumer; fails only when the dashboard client cannot be built.
     pub fn new(config: &Config, backend: Arc<dyn Backend>, name: String) -> anyhow::Result<Self> {
-        let dashboard = if config.dashboard_update_enabled {
-            Some(DashboardPublisher::start(&config.dashboard_api_url)?)
+        let dashboard = if config.dashboard.update_enabled {
+            Some(DashboardPublisher::start(&config.dashboard.api_url)?)
         } else {
             None
         };
@@ -148,9 +148,9 @@ impl Consumer {
             backend,
             stats: ProcessingStats::new(name.clone()),
             name,
-            batch_size: config.batch_size,
-            batch_timeout: config.batch_timeout.max(MIN_CLAIM_WAIT),
-            batch_linger: config.batch_linger,
+            batch_size: config.consumer.batch_size,
+            batch_timeout: config.consumer.batch_timeout.max(MIN_CLAIM_WAIT),
+            batch_linger: config.consumer.batch_linger,
             settings: HandlerSettings::from_config(config),
             health: BackendHealth::new(),
             dashboard,

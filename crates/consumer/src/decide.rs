@@ -27,8 +27,8 @@ pub struct HandlerSettings {
 impl HandlerSettings {
     pub fn from_config(config: &Config) -> Self {
         HandlerSettings {
-            dry_run: config.dry_run,
-            fault_injection: config.fault_injection,
+            dry_run: config.consumer.dry_run,
+            fault_injection: config.consumer.fault_injection,
             retry: RetryPolicy::from_config(config),
         }
     }

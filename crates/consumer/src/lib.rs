@@ -42,14 +42,14 @@ pub async fn run(
     tracing::info!(
         "Consumer {name} started: backend {}, batch size {}, batch timeout {:.1}s, max retries {}",
         backend.name(),
-        config.batch_size,
-        config.batch_timeout.as_secs_f64(),
-        config.max_retries
+        config.consumer.batch_size,
+        config.consumer.batch_timeout.as_secs_f64(),
+        config.consumer.max_retries
     );
-    if config.dry_run {
+    if config.consumer.dry_run {
         tracing::warn!("[DRY RUN] Events are logged and acknowledged without touching analytics");
     }
-    if config.fault_injection {
+    if config.consumer.fault_injection {
         tracing::warn!(
             "FAULT INJECTION ENABLED: events with metadata.simulate_failure fail on purpose. Never use this in production."
         );

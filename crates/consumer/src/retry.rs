@@ -43,9 +43,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn from_config(config: &Config) -> Self {
         RetryPolicy {
-            max_retries: config.max_retries,
-            base_delay: config.retry_delay,
-            max_delay: config.retry_max_delay,
+            max_retries: config.consumer.max_retries,
+            base_delay: config.consumer.retry_delay,
+            max_delay: config.consumer.retry_max_delay,
         }
     }
 

@@ -184,9 +184,9 @@ fn filter(level: LogLevel) -> EnvFilter {
 pub fn init(component: &str, config: &Config) -> Result<LogGuard, LoggingError> {
     init_with(
         component,
-        config.log_level,
-        config.log_format,
-        Some(&config.log_file),
+        config.logging.level,
+        config.logging.format,
+        Some(&config.logging.file),
     )
 }
 

@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> i32 {
     let url_text = common
         .url
         .clone()
-        .unwrap_or_else(|| format!("http://localhost:{}", config.webhook_port));
+        .unwrap_or_else(|| format!("http://localhost:{}", config.http.port));
     let base = match resolve_base_url(&url_text) {
         Ok(u) => u,
         Err(e) => {
@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> i32 {
             return exit::USAGE;
         }
     };
-    let signer = match common.secret.clone().or(config.webhook_secret.clone()) {
+    let signer = match common.secret.clone().or(config.http.webhook_secret.clone()) {
         Some(secret) => match Signer::from_secret(&secret) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -148,9 +148,9 @@ pub async fn run(cli: Cli) -> i32 {
 /// (the consumers normally share them): every backoff at its longest with jitter, plus slack.
 fn retry_budget(config: &Config) -> Duration {
     let mut total = Duration::from_secs(5);
-    let mut delay = config.retry_delay;
-    for _ in 0..config.max_retries {
-        total += delay.min(config.retry_max_delay).mul_f64(1.5);
+    let mut delay = config.consumer.retry_delay;
+    for _ in 0..config.consumer.max_retries {
+        total += delay.min(config.consumer.retry_max_delay).mul_f64(1.5);
         delay = delay.saturating_mul(2);
     }
     total

@@ -17,7 +17,7 @@ pub fn banner(config: &Config) -> String {
 pub fn summary(config: &Config) -> String {
     let url = config.webhook_url();
     let backend = match config.queue_backend {
-        BackendKind::Sqlite => format!("sqlite ({})", config.sqlite_path.display()),
+        BackendKind::Sqlite => format!("sqlite ({})", config.sqlite.path.display()),
         BackendKind::Redis => format!("redis ({})", config.redis_url_redacted()),
         BackendKind::Memory => "memory (single process)".to_string(),
     };
@@ -29,7 +29,7 @@ pub fn summary(config: &Config) -> String {
          Consumers:     {}\n\
          Log file:      {}\n",
         config.consumers,
-        config.log_file.display()
+        config.logging.file.display()
     )
 }
 

@@ -27,7 +27,7 @@ pub async fn check_backend(config: &Config) -> Result<(), String> {
         ),
         BackendKind::Sqlite => format!(
             "Cannot open the SQLite queue at {}: {cause} — check DAY15_SQLITE_PATH",
-            config.sqlite_path.display()
+            config.sqlite.path.display()
         ),
         BackendKind::Memory => format!("In-memory backend failed: {cause}"),
     })
@@ -40,7 +40,7 @@ pub async fn check_backend(config: &Config) -> Result<(), String> {
 /// address is already in use (is another pipeline running?) — stop it or set
 /// DAY15_WEBHOOK_PORT`.
 pub async fn bind_webhook(config: &Config) -> Result<TcpListener, String> {
-    let (host, port) = (config.webhook_host.as_str(), config.webhook_port);
+    let (host, port) = (config.http.host.as_str(), config.http.port);
     TcpListener::bind((host, port)).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             format!(

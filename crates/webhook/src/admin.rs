@@ -108,7 +108,8 @@ pub(crate) async fn replay(
     let (parts, body) = request.into_parts();
     state.authorize_admin(&parts.headers)?;
     body::require_json(&parts.headers)?;
-    let bytes = body::read_limited(&parts.headers, body, state.config().max_body_bytes).await?;
+    let bytes =
+        body::read_limited(&parts.headers, body, state.config().http.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
     let which = selection(value)?;
     let replayed = backend_call(state.backend().dlq_replay(which)).await?;

@@ -30,7 +30,7 @@ struct Cli {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let cli = Cli::parse_from(args);
     let config = runtime::config_or_exit(&cli.config);
-    if let Some(secret) = config.webhook_secret.as_deref() {
+    if let Some(secret) = config.http.webhook_secret.as_deref() {
         if let Err(e) = WebhookSecret::parse(secret) {
             eprintln!("Configuration problem:\n  {e}");
             return exit::USAGE;
@@ -74,7 +74,7 @@ async fn run(config: Config) -> i32 {
             return exit::FAILURE;
         }
     };
-    let (host, port) = (config.webhook_host.clone(), config.webhook_port);
+    let (host, port) = (config.http.host.clone(), config.http.port);
     let listener = match TcpListener::bind((host.as_str(), port)).await {
         Ok(l) => l,
         Err(e) => {

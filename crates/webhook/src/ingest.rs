@@ -95,12 +95,13 @@ impl AppState {
     async fn admit(&self, request: Request) -> Result<Bytes, ApiError> {
         let (parts, body) = request.into_parts();
         body::require_json(&parts.headers)?;
-        let bytes = body::read_limited(&parts.headers, body, self.config().max_body_bytes).await?;
+        let bytes =
+            body::read_limited(&parts.headers, body, self.config().http.max_body_bytes).await?;
         if let Some(verifier) = &self.inner.verifier {
             verifier.verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())?;
         }
         let depth = self.inner.queue_depth.load(Ordering::Relaxed);
-        let max = self.config().max_queue_depth;
+        let max = self.config().http.max_queue_depth;
         if depth > max {
             return Err(ApiError::Overloaded { depth, max });
         }
@@ -270,7 +271,7 @@ async fn ingest_batch(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = state.admit(request).await?;
-    let judged = parse_batch(&bytes, state.config().max_batch_events)?;
+    let judged = parse_batch(&bytes, state.config().http.max_batch_events)?;
     let total_events = judged.len();
 
     let now = chrono::Utc::now();

@@ -109,14 +109,15 @@ struct Shared {
 impl AppState {
     /// Builds the state; fails only on an unusable DAY15_WEBHOOK_SECRET.
     pub fn new(config: Config, backend: Arc<dyn Backend>) -> Result<Self, signature::SecretError> {
-        let verifier = match config.webhook_secret.as_deref() {
+        let verifier = match config.http.webhook_secret.as_deref() {
             Some(secret) => Some(SignatureVerifier::new(
                 WebhookSecret::parse(secret)?,
-                config.signature_tolerance,
+                config.http.signature_tolerance,
             )),
             None => None,
         };
         let admin_token_digest = config
+            .http
             .admin_token
             .as_deref()
             .filter(|t| !t.is_empty())
@@ -397,7 +398,7 @@ fn announce(state: &AppState, address: SocketAddr) {
         if state.inner.verifier.is_some() { "required" } else { "off" },
         if state.inner.admin_token_digest.is_some() { "on" } else { "off" },
     );
-    if !address.ip().is_loopback() && config.webhook_secret.is_none() {
+    if !address.ip().is_loopback() && config.http.webhook_secret.is_none() {
         tracing::warn!(
             "Listening on {address}, beyond loopback, without DAY15_WEBHOOK_SECRET: anyone who can reach this port can submit events"
         );

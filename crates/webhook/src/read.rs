@@ -110,7 +110,7 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Api
 
 /// `GET /metrics`: Prometheus text of the same figures; 404 when DAY15_METRICS_ENABLED=false.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.config().metrics_enabled {
+    if !state.config().http.metrics_enabled {
         return Err(ApiError::NotFound(
             "metrics are disabled (DAY15_METRICS_ENABLED=false)".into(),
         ));

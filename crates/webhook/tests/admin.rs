@@ -13,7 +13,7 @@ const TOKEN: &str = "s3cret-admin-token";
 
 async fn admin_server() -> ServerHandle {
     let mut config = test_config();
-    config.admin_token = Some(TOKEN.into());
+    config.http.admin_token = Some(TOKEN.into());
     ServerHandle::start_with(config).await
 }
 

@@ -234,7 +234,7 @@ async fn metrics_are_prometheus_text_and_can_be_disabled() {
     }
 
     let mut config = test_config();
-    config.metrics_enabled = false;
+    config.http.metrics_enabled = false;
     let off = ServerHandle::start_with(config).await;
     let r = off.get("/metrics").await;
     assert_eq!(r.status(), 404);

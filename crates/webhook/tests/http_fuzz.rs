@@ -744,8 +744,8 @@ async fn ten_thousand_random_and_mutated_requests_never_get_a_server_error() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEED);
     let mut config = test_config();
-    config.max_body_bytes = MAX_BODY;
-    config.max_batch_events = MAX_BATCH;
+    config.http.max_body_bytes = MAX_BODY;
+    config.http.max_batch_events = MAX_BATCH;
     let server = std::sync::Arc::new(ServerHandle::start_with(config).await);
 
     let started = Instant::now();

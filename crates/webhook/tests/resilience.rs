@@ -38,7 +38,7 @@ async fn assert_unavailable_within_a_second(server: &ServerHandle, path: &str) {
 #[tokio::test]
 async fn a_queue_above_the_limit_sheds_load_with_429_until_it_drains() {
     let mut config = test_config();
-    config.max_queue_depth = 1;
+    config.http.max_queue_depth = 1;
     let server = ServerHandle::start_with(config).await;
     assert_eq!(
         server

@@ -24,7 +24,7 @@ fn sign(id: &str, ts: &str, body: &[u8]) -> String {
 
 async fn signed_server() -> ServerHandle {
     let mut config = test_config();
-    config.webhook_secret = Some(format!("whsec_{}", STANDARD.encode(KEY)));
+    config.http.webhook_secret = Some(format!("whsec_{}", STANDARD.encode(KEY)));
     ServerHandle::start_with(config).await
 }
 

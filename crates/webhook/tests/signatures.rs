@@ -26,7 +26,7 @@ fn now() -> i64 {
 
 async fn server_with_secret(secret: &str) -> ServerHandle {
     let mut config = test_config();
-    config.webhook_secret = Some(secret.to_string());
+    config.http.webhook_secret = Some(secret.to_string());
     ServerHandle::start_with(config).await
 }
 

@@ -277,11 +277,12 @@ pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
     Ok(match config.queue_backend {
         BackendKind::Memory => Arc::new(memory::MemoryBackend::new(options)),
         BackendKind::Sqlite => Arc::new(
-            sqlite::SqliteBackend::open(&config.sqlite_path, config.sqlite_synchronous, options)
+            sqlite::SqliteBackend::open(&config.sqlite.path, config.sqlite.synchronous, options)
                 .await?,
         ),
         BackendKind::Redis => Arc::new(
-            redis::RedisBackend::connect(&config.redis_url, &config.key_prefix, options).await?,
+            redis::RedisBackend::connect(&config.redis.url, &config.redis.key_prefix, options)
+                .await?,
         ),
     })
 }

@@ -1,0 +1,251 @@
+//! Configuration shared by every binary.
+//!
+//! Precedence, highest first: command-line flag > process environment > `config/.env` (or the
+//! file named by `--env-file`) > built-in default. Every variable keeps the `DAY15_` prefix of
+//! the original system so existing `.env` files keep working.
+//!
+//! Each variable is one row of [`variables::ROWS`]; its default, its check and problem message,
+//! its flag's `--help` line and its documentation all come from that row. Validation never
+//! stops at the first problem: [`Config::load`] reports every bad variable at once (name,
+//! value, what is allowed) so a user fixes their file in one pass.
+//!
+//! Layout: `variables.rs` the rows, `args.rs` the flags, `sources.rs` the env file and
+//! environment, `validate.rs` the checks and the building of [`Config`], `docs.rs` the
+//! generated `.env.example` and `docs/configuration.md`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod args;
+pub mod docs;
+mod sources;
+mod validate;
+pub mod variables;
+
+pub use args::ConfigArgs;
+pub use sources::{RawSettings, DEFAULT_ENV_FILE};
+pub use validate::{ConfigError, ConfigProblem};
+pub use variables::VARIABLES;
+
+/// The validated configuration, in sections by subsystem. Durations are already converted
+/// from their variables' units.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the queue lives: every process of one pipeline opens the same backend.
+    pub queue_backend: BackendKind,
+    /// Lease of a claimed batch: events not settled within it are delivered again. Read by
+    /// every backend, so it is not a consumer-only setting.
+    pub visibility_timeout: Duration,
+    /// How long an `event_id` is remembered for de-duplication (and, on SQLite and in memory,
+    /// how long its applied-mark lives). Read by every backend.
+    pub idempotency_ttl: Duration,
+    /// Consumer processes (or tasks, on the memory backend) the orchestrator runs.
+    pub consumers: usize,
+    /// How long a stop waits for processes to finish before killing them.
+    pub shutdown_timeout: Duration,
+    pub sqlite: SqliteConfig,
+    pub redis: RedisConfig,
+    pub http: HttpConfig,
+    pub consumer: ConsumerConfig,
+    pub dashboard: DashboardConfig,
+    pub logging: LoggingConfig,
+}
+
+/// The embedded SQLite queue (`DAY15_QUEUE_BACKEND=sqlite`).
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The queue file, shared by the webhook and consumer processes on one machine.
+    pub path: PathBuf,
+    /// How hard a commit is kept: decides whether a 202 survives power loss.
+    pub synchronous: SqliteSynchronous,
+}
+
+/// The Redis queue (`DAY15_QUEUE_BACKEND=redis`).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Full connection URL, built from the host/port/db/password variables unless given.
+    pub url: String,
+    /// Prefix of every key, used as their one hash tag so the scripts work on Redis Cluster.
+    pub key_prefix: String,
+}
+
+/// The webhook's HTTP server: where it listens, what it accepts and who may do what.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen host; beyond loopback without a secret a warning is logged.
+    pub host: String,
+    /// Listen port; 0 picks a free one.
+    pub port: u16,
+    /// Queue depth above which ingest answers 429, so a stalled pipeline sheds load.
+    pub max_queue_depth: u64,
+    /// Largest body read (413 above), bounding memory per request.
+    pub max_body_bytes: usize,
+    /// Most events in one batch POST.
+    pub max_batch_events: usize,
+    /// `None` when empty: signatures are then not required.
+    pub webhook_secret: Option<String>,
+    /// Largest accepted distance between a signature's timestamp and now (replay window).
+    pub signature_tolerance: Duration,
+    /// `None` when empty: admin endpoints then answer 403.
+    pub admin_token: Option<String>,
+    /// Whether `GET /metrics` is served.
+    pub metrics_enabled: bool,
+}
+
+/// What each consumer does with a batch: its size, its waits and its retries.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most events claimed at once.
+    pub batch_size: usize,
+    /// Longest wait for the first event of a batch before checking in again.
+    pub batch_timeout: Duration,
+    /// After the first event, how long to wait for more to fill the batch (zero: no wait).
+    pub batch_linger: Duration,
+    /// Retries of a failing event before it is dead-lettered.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles per attempt.
+    pub retry_delay: Duration,
+    /// Cap of the retry delay.
+    pub retry_max_delay: Duration,
+    /// Log and ack events without touching the analytics.
+    pub dry_run: bool,
+    /// Testing aid: honour `metadata.simulate_failure`.
+    pub fault_injection: bool,
+    /// Testing aid, only with `fault_injection`: hold the N-th batch unsettled until stopped
+    /// (0 = never), so a crash test can kill a consumer at a known point.
+    pub fault_hold_batch: u64,
+}
+
+/// The optional push of each batch's metric deltas to an external dashboard API.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    /// Whether consumers push at all (best effort).
+    pub update_enabled: bool,
+    /// Where they push; checked only when enabled.
+    pub api_url: String,
+}
+
+/// Where and how every process logs.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    /// Appended to by every process of the pipeline.
+    pub file: PathBuf,
+    pub format: LogFormat,
+}
+
+/// Where the queue lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Embedded SQLite file: durable, zero setup, shared by processes on one machine.
+    Sqlite,
+    /// Redis Streams: shared by processes on many machines.
+    Redis,
+    /// In-process only: tests and single-process demos.
+    Memory,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Redis => "redis",
+            BackendKind::Memory => "memory",
+        }
+    }
+
+    /// The backend named `name` as [`Self::as_str`] spells it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [BackendKind::Sqlite, BackendKind::Redis, BackendKind::Memory]
+            .into_iter()
+            .find(|b| b.as_str() == name)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How hard SQLite works to keep a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// fsync per commit: an accepted event survives power loss.
+    Full,
+    /// Survives process crashes, not power loss; faster.
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log verbosity, named as the original's Python levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Config {
+    /// Loads from the real process environment; the usual entry point of a binary.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+        Self::load_from(args, std::env::vars())
+    }
+
+    /// Loads with an explicit environment, so precedence is testable without touching globals.
+    pub fn load_from(
+        args: &ConfigArgs,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let raw = RawSettings::gather(args, environment)?;
+        Self::validate(&raw)
+    }
+
+    /// Defaults only, ignoring the environment and env files: the base for tests.
+    pub fn defaults() -> Config {
+        match Self::validate(&RawSettings::defaults()) {
+            Ok(c) => c,
+            // The defaults are constants checked by `every_default_is_valid`.
+            Err(e) => unreachable!("built-in defaults are invalid: {e}"),
+        }
+    }
+
+    /// `http://host:port` of the webhook, as clients on this machine reach it.
+    pub fn webhook_url(&self) -> String {
+        let host = match self.http.host.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+            h => h,
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("http://[{host}]:{}", self.http.port)
+        } else {
+            format!("http://{host}:{}", self.http.port)
+        }
+    }
+
+    /// The Redis URL with any password masked, for logs and error messages.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis.url)
+    }
+}
+
+/// Replaces the password of a `scheme://user:pass@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((auth, host)) = rest.split_once('@') {
+            let user = auth.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! The crash matrix: SPEC §6.1 under faults, with real processes on a real SQLite file and a
+//! The crash matrix: the delivery guarantees of docs/guarantees.md under faults, with real processes on a real SQLite file and a
 //! real `redis-server`. Each scenario is written once and run against both backends.
 //!
 //! After every fault the same check runs ([`check_exactly_once`]): each event the pipeline
@@ -416,7 +416,7 @@ fn redis_outage_gives_quick_503s_and_loses_nothing() {
     redis_outage_under_load(true);
 }
 
-/// Redis is killed under load and comes back empty (no persistence: by SPEC §6.1 its own
+/// Redis is killed under load and comes back empty (no persistence: by docs/guarantees.md its own
 /// settings decide what survives, so what it held is gone). The pipeline recovers by itself:
 /// no process restarted, the queue and consumer group are re-created, everything accepted
 /// after the restart is applied exactly once, and nothing is ever applied twice.
@@ -484,7 +484,7 @@ fn redis_outage_under_load(persistent: bool) {
         not_ok.iter().all(|(s, _)| *s == 503),
         "answers other than 202 and 503 (0 = no answer): {not_ok:?}"
     );
-    // SPEC: within 1 s; the bound is generous because the machine may be loaded.
+    // docs/api.md: within 1 s; the bound is generous because the machine may be loaded.
     assert!(
         slowest_503 < Duration::from_secs(3),
         "a 503 took {slowest_503:?}"

@@ -55,7 +55,7 @@ fn generator(p: &Pipeline, args: &[&str], within: Duration) -> Run {
     }
 }
 
-/// A running pipeline; `fault_injection` turns on `metadata.simulate_failure` (SPEC §6.3)
+/// A running pipeline; `fault_injection` turns on `metadata.simulate_failure` (docs/guarantees.md)
 /// with quick retries.
 fn start_pipeline(fault_injection: bool) -> (Pipeline, Proc) {
     let mut p = Pipeline::sqlite();

@@ -1,5 +1,5 @@
 //! The consumer: takes events from the shared queue in micro-batches and applies them to the
-//! analytics exactly once (SPEC §6).
+//! analytics exactly once (docs/guarantees.md).
 //!
 //! [`run`] is the whole service; the `consumer` binary only reads configuration, connects the
 //! backend and calls it, and the orchestrator calls it in-process for the memory backend.

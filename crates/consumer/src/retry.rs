@@ -29,7 +29,7 @@ pub fn equal_jitter(d: Duration) -> Duration {
     half + Duration::from_secs_f64(extra)
 }
 
-/// What happens to an event whose handler failed (SPEC §6.3).
+/// What happens to an event whose handler failed (docs/guarantees.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt; attempt `1 + max_retries` failing dead-letters it.

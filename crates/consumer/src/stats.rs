@@ -13,7 +13,7 @@ use pipeline_core::latency::{self, bucket_of, Percentiles};
 
 use crate::decide::Outcome;
 
-/// Dashboard delivery counts (SPEC §3: failures are counted, never fail events).
+/// Dashboard delivery counts (best effort: failures are counted, never fail events).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DashboardCounts {
     /// Batch documents the dashboard API accepted.

@@ -1,4 +1,4 @@
-//! The analytics model (SPEC §6.2) as counter increments.
+//! The analytics model (docs/api.md, `GET /analytics`) as counter increments.
 //!
 //! Every aggregate is a named map of `field -> number`, and applying an event is a list of
 //! [`Increment`]s. That shape is what every backend can apply atomically in one step (a SQLite

@@ -1,4 +1,4 @@
-//! The webhook event model and its validation (SPEC §4).
+//! The webhook event model and its validation (docs/api.md, "Events").
 //!
 //! Validation works on an already-parsed `serde_json::Value` and never panics, whatever the
 //! input: every problem is reported per field so a sender can fix all of them at once. Unknown
@@ -104,7 +104,7 @@ pub struct Event {
 }
 
 impl Event {
-    /// Validates one JSON value against SPEC §4.
+    /// Validates one JSON value against the event rules of docs/api.md.
     pub fn from_value(value: Value) -> Result<Event, ValidationError> {
         let mut err = ValidationError::default();
         let Value::Object(body) = value else {

@@ -1,4 +1,4 @@
-//! Log setup shared by every binary (SPEC §9).
+//! Log setup shared by every binary (README, "Logs").
 //!
 //! Every record goes to stdout and is appended to `DAY15_LOG_FILE`, one line each, in the
 //! original's format: `2025-12-16 19:30:15,234 - webhook - INFO - message`. With

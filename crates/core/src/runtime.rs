@@ -4,7 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigArgs};
 
-/// Exit codes of every binary (SPEC §10).
+/// Exit codes of every binary (README, "Exit codes").
 pub mod exit {
     pub const OK: i32 = 0;
     /// Runtime failure: backend unreachable, port taken, a child that keeps crashing.

@@ -1,4 +1,4 @@
-//! Realistic synthetic events of the three known types (SPEC §4), in the flavour of the
+//! Realistic synthetic events of the three known types (docs/api.md), in the flavour of the
 //! original system's samples: signups from marketing sources and countries, subscriptions to
 //! the original's plans and prices, usage of product features with quantities.
 //!
@@ -88,7 +88,7 @@ pub struct SyntheticEvent {
     pub metadata: Metadata,
 }
 
-/// The metadata of each known type, shaped as SPEC §4 describes.
+/// The metadata of each known type, shaped as docs/api.md describes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Metadata {

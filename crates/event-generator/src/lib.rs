@@ -1,5 +1,5 @@
 //! The event generator: drives a running webhook pipeline with named scenarios that check
-//! their outcome end to end (SPEC §8), or with sustained open- or closed-loop load.
+//! their outcome end to end (README, "Try it"), or with sustained open- or closed-loop load.
 //!
 //! The binary only parses the command line and calls [`run`]; everything else lives here so
 //! tests and benchmarks can use the parts.

@@ -1,4 +1,4 @@
-//! Standard Webhooks signing (SPEC §5.4), so the generator can drive a webhook that requires
+//! Standard Webhooks signing (docs/api.md), so the generator can drive a webhook that requires
 //! signatures exactly as a real sender would.
 //!
 //! The scheme — what is signed, `v1,<base64>`, how `whsec_<base64>` and raw secrets become

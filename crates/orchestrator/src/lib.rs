@@ -1,4 +1,4 @@
-//! The orchestrator: one command runs the whole pipeline (SPEC §7).
+//! The orchestrator: one command runs the whole pipeline (README, "Running it").
 //!
 //! Start-up order: validate the configuration (every problem at once, exit 2), check the
 //! backend is reachable and the webhook's port is free (one clear sentence each, exit 1), start

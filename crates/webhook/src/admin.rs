@@ -1,4 +1,4 @@
-//! Admin endpoints: `POST /dlq/replay` and `POST /dlq/purge` (SPEC §5.3).
+//! Admin endpoints: `POST /dlq/replay` and `POST /dlq/purge` (docs/api.md).
 //!
 //! Both need `Authorization: Bearer $DAY15_ADMIN_TOKEN`. With no token configured they answer
 //! 403 whatever is sent, so an unconfigured install never exposes them. The token is compared

@@ -1,5 +1,5 @@
 //! The `webhook` command line: reads the configuration, opens the backend and the port, and runs
-//! [`crate::serve`] until SIGINT/SIGTERM. Exit codes follow SPEC §10. It lives in the library so
+//! [`crate::serve`] until SIGINT/SIGTERM. Exit codes are `pipeline_core::runtime::exit`. It lives in the library so
 //! the orchestrator can run it from its own executable when the `webhook` binary is absent.
 
 use std::ffi::OsString;

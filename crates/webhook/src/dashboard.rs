@@ -1,4 +1,4 @@
-//! `GET /dashboard` and `GET /analytics/stream` (SPEC §8).
+//! `GET /dashboard` and `GET /analytics/stream` (docs/api.md).
 //!
 //! The page is self-contained on purpose (no CDN; the machine may be offline): it is compiled
 //! into the binary and reads this same server. The stream pushes a fresh snapshot at most once

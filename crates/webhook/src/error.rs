@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API and its single mapping to a status code and JSON body.
 //!
 //! Every refusal the server sends — from a handler, from a limit, from axum's own routing —
-//! ends up as [`ApiError`], so every error a client sees has the shape of SPEC §5:
+//! ends up as [`ApiError`], so every error a client sees has the shape docs/api.md documents:
 //! `{"error": "<code>", "message": "<human text>", "details": [...], "missing": [...]}`.
 //! Input problems are always 4xx; only the backend being unreachable gives a 5xx (503, with
 //! `Retry-After`), and nothing here ever answers 500.
@@ -26,7 +26,7 @@ pub enum ApiError {
         message: String,
         /// One entry per problem, so a sender can fix all of them at once.
         details: Vec<FieldProblem>,
-        /// Required fields that were absent (SPEC §5.1).
+        /// Required fields that were absent.
         missing: Vec<String>,
     },
     /// Webhook signature missing, malformed, wrong or expired (401).
@@ -89,7 +89,7 @@ impl ApiError {
         ApiError::bad_request("invalid_json", "", problem.clone(), problem)
     }
 
-    /// An event that fails SPEC §4; `event_id` names it in the message when it could be read.
+    /// An event that fails the event rules of docs/api.md; `event_id` names it in the message when it could be read.
     pub fn invalid_event(err: ValidationError, event_id: Option<&str>) -> Self {
         let message = match event_id {
             Some(id) => format!("event {id} is invalid: {}", err.summary()),

@@ -1,4 +1,4 @@
-//! `POST /webhook/events` and `POST /webhook/batch` (SPEC §5.1, §5.2).
+//! `POST /webhook/events` and `POST /webhook/batch` (docs/api.md).
 //!
 //! Each request goes through the same gate — JSON Content-Type, body limit, signature over the
 //! raw bytes, load shedding on the cached queue depth — before any parsing. Valid events get

@@ -1,4 +1,4 @@
-//! The webhook receiver: the HTTP API of SPEC §5 on axum.
+//! The webhook receiver: the HTTP API of docs/api.md on axum.
 //!
 //! [`serve`] takes its configuration, backend, listener and shutdown token as arguments, so the
 //! binary, the orchestrator (in-process with the memory backend) and the tests (port 0) all run
@@ -55,7 +55,7 @@ use local_metrics::LocalMetrics;
 use signature::{SignatureVerifier, WebhookSecret};
 
 /// Longest any backend call may take before the request is answered 503. Below one second so
-/// that a 503 arrives within 1 s even with the rest of the request's work (SPEC §5.1).
+/// that a 503 arrives within 1 s even with the rest of the request's work (docs/api.md).
 pub const BACKEND_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Longest a whole request may take, body upload included (a slow client gets a 408).

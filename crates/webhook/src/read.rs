@@ -1,4 +1,4 @@
-//! Read endpoints (SPEC §5.3): `/health`, `/stats`, `/metrics`, `/analytics`, `/dlq`.
+//! Read endpoints (docs/api.md): `/health`, `/stats`, `/metrics`, `/analytics`, `/dlq`.
 //!
 //! Figures are pipeline-wide, read from the backend (so they include every webhook and
 //! consumer), plus this process's counts not flushed yet. Every backend read is bounded by
@@ -128,7 +128,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .into_response())
 }
 
-/// `GET /analytics`: the aggregates of SPEC §6.2.
+/// `GET /analytics`: the aggregates (docs/api.md, `GET /analytics`).
 pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = backend_call(state.backend().metrics()).await?;
     Ok(Json(AnalyticsSnapshot::from_metrics(

@@ -209,7 +209,7 @@ fn cases() -> Vec<Case> {
             with("metadata", s(json!("organic"))),
             400,
         ),
-        // Metadata rules of SPEC §4.
+        // Metadata rules of docs/api.md.
         post(
             "signup source number",
             EVENTS,

@@ -1,4 +1,4 @@
-//! A small fake webhook implementing just enough of SPEC §5 to exercise the generator, and a
+//! A small fake webhook implementing just enough of the webhook API to exercise the generator, and a
 //! helper that runs the built `event-generator` binary against it.
 //!
 //! The fake "processes" every accepted event at once (unless told not to), honours

@@ -5,7 +5,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use pipeline_core::event::{Event, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
-use serde_json::Value;
 
 /// At most 64 ASCII letters, digits and `extra` characters.
 fn plain(s: &str, extra: &str) -> bool {

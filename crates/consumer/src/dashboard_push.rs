@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pipeline_core::analytics::{add_to_maps, counters, counts, maps, Effect, FailureCounts, Maps};
+use pipeline_core::stats::json_number;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -102,7 +103,8 @@ impl BatchDeltas {
         self.subscriptions_by_plan = counts(map(maps::SUBSCRIPTIONS_BY_PLAN));
         self.subscriptions = self.subscriptions_by_plan.values().sum();
         self.mrr_delta_by_plan = map(maps::MRR_BY_PLAN);
-        self.mrr_delta = self.mrr_delta_by_plan.values().sum();
+        // An empty float sum is -0.0; the document carries 0.0.
+        self.mrr_delta = json_number(self.mrr_delta_by_plan.values().sum());
         self.usage_events_by_feature = counts(map(maps::USAGE_EVENTS_BY_FEATURE));
         self.usage_events = self.usage_events_by_feature.values().sum();
         self.usage_quantity_by_feature = counts(map(maps::USAGE_QUANTITY_BY_FEATURE));
@@ -281,5 +283,16 @@ mod tests {
         assert_eq!((d.usage_events, d.usage_quantity), (1, 7));
         assert_eq!(d.unhandled, 1);
         assert_eq!(d.events_by_type["page_view"], 1);
+    }
+
+    #[test]
+    fn a_batch_without_subscriptions_adds_zero_mrr_not_negative_zero() {
+        let mut d = BatchDeltas::new("c");
+        let v =
+            json!({"event_id":"a","event_type":"user_signup","timestamp":"2025-12-16T10:00:00Z"});
+        let effect = effect_of(&Event::from_value(v).unwrap(), Utc::now());
+        d.record(&Outcome::Processed { latency: None }, Some(&effect));
+        let text = serde_json::to_string(&d.finish(String::new())).unwrap();
+        assert!(text.contains(r#""mrr_delta":0.0"#), "{text}");
     }
 }

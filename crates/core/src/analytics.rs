@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::event::{Event, EventId, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
+use crate::event::{
+    Event, EventId, MAX_AMOUNT, MAX_COUNT, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
+};
 use crate::latency::{self, Percentiles};
+use crate::stats::{json_number, json_percentiles};
 
 /// Names of the metric maps every backend stores.
 pub mod maps {
@@ -289,10 +292,13 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
             ));
         }
         SUBSCRIPTION_CREATED => {
+            // Validation bounds the amount; the clamp keeps an `Event` built any other way from
+            // adding a non-finite or huge figure to the stored sum.
             let amount = meta
                 .and_then(|m| m.get("amount"))
                 .and_then(|v| v.as_f64())
-                .unwrap_or(0.0);
+                .filter(|a| a.is_finite())
+                .map_or(0.0, |a| a.clamp(0.0, MAX_AMOUNT));
             let cycle = meta
                 .and_then(|m| m.get("billing_cycle"))
                 .and_then(|v| v.as_str());
@@ -309,7 +315,7 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
             ));
         }
         USAGE_TRACKED => {
-            let q = quantity(event) as f64;
+            let q = quantity(event).min(MAX_COUNT) as f64;
             let feature = text("feature");
             inc.push(Increment::new(
                 maps::USAGE_EVENTS_BY_FEATURE,
@@ -449,18 +455,28 @@ pub struct AnalyticsSnapshot {
 }
 
 /// A map of counts as whole numbers (a stored count is never negative or fractional, but a
-/// float store is read defensively).
+/// float store is read defensively). The conversion saturates: NaN and negatives read 0, a sum
+/// beyond `u64::MAX` reads `u64::MAX`; it never wraps or panics.
 pub fn counts(map: BTreeMap<String, f64>) -> BTreeMap<String, u64> {
     map.into_iter()
         .map(|(k, v)| (k, v.max(0.0).round() as u64))
         .collect()
 }
 
+/// Rounds to the cent, as a [`json_number`]: never NaN, infinite or `-0.0` (an empty sum of
+/// floats is `-0.0`).
 fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    json_number((x * 100.0).round() / 100.0)
+}
+
+/// Adds counts without wrapping or panicking.
+fn saturating_total<'a>(values: impl IntoIterator<Item = &'a u64>) -> u64 {
+    values.into_iter().fold(0, |sum, n| sum.saturating_add(*n))
 }
 
 impl AnalyticsSnapshot {
+    /// The document of `m` at `now`. Counts and totals read back saturated; every other
+    /// figure is a [`json_number`], so the JSON never carries `null` or `-0.0` for a number.
     pub fn from_metrics(m: &StoredMetrics, now: DateTime<Utc>) -> Self {
         let events_by_type = counts(m.map(maps::EVENTS_BY_TYPE));
         let of_type = |t: &str| events_by_type.get(t).copied().unwrap_or(0);
@@ -494,7 +510,7 @@ impl AnalyticsSnapshot {
                         .single()
                         .map(|t| t.format("%Y-%m-%dT%H:%M:00Z").to_string())
                         .unwrap_or_default(),
-                    total: by_type.values().sum(),
+                    total: saturating_total(by_type.values()),
                     by_type,
                 }
             })
@@ -517,7 +533,7 @@ impl AnalyticsSnapshot {
             },
             usage: Usage {
                 events: of_type(USAGE_TRACKED),
-                quantity: quantities.values().sum(),
+                quantity: saturating_total(quantities.values()),
                 by_feature,
                 top_users: m
                     .top_users
@@ -530,7 +546,7 @@ impl AnalyticsSnapshot {
             },
             events_by_type,
             events_per_minute,
-            end_to_end_latency: latency::percentiles(&m.map(maps::LATENCY_E2E)),
+            end_to_end_latency: json_percentiles(latency::percentiles(&m.map(maps::LATENCY_E2E))),
         }
     }
 }
@@ -575,6 +591,95 @@ mod tests {
         assert_eq!(a.usage.top_users[0].user_id, "u2");
         assert_eq!(a.events_per_minute.len(), 60);
         assert_eq!(a.events_per_minute[59].total, 6);
+    }
+
+    #[test]
+    fn an_empty_pipeline_has_zero_mrr_not_negative_zero() {
+        let a = AnalyticsSnapshot::from_metrics(&StoredMetrics::default(), Utc::now());
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(text.contains(r#""mrr":0.0"#), "{text}");
+        assert!(!text.contains("-0.0") && !text.contains("null"), "{text}");
+    }
+
+    /// Figures written to a store before the values were bounded (or by a foreign writer)
+    /// read back as plain numbers: saturated totals, no `null`, no wrap, no panic.
+    #[test]
+    fn a_poisoned_store_reads_back_as_plain_numbers() {
+        let mut m = StoredMetrics::default();
+        let fields = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let huge = 2f64.powi(63);
+        m.maps.insert(
+            maps::SUBSCRIPTIONS_BY_PLAN.into(),
+            fields(&[("a", 1.0), ("b", 1.0), ("c", 1.0)]),
+        );
+        m.maps.insert(
+            maps::MRR_BY_PLAN.into(),
+            fields(&[("a", 1e307), ("b", f64::MAX), ("c", f64::NAN)]),
+        );
+        m.maps.insert(
+            maps::USAGE_EVENTS_BY_FEATURE.into(),
+            fields(&[("x", 1.0), ("y", 1.0)]),
+        );
+        m.maps.insert(
+            maps::USAGE_QUANTITY_BY_FEATURE.into(),
+            fields(&[("x", huge), ("y", huge)]),
+        );
+        let minute = maps::per_minute(Utc::now().timestamp() / 60);
+        m.maps
+            .insert(minute, fields(&[("t1", f64::INFINITY), ("t2", huge)]));
+        let a = AnalyticsSnapshot::from_metrics(&m, Utc::now());
+        assert_eq!(a.usage.quantity, u64::MAX);
+        assert_eq!(a.events_per_minute[59].total, u64::MAX);
+        assert!(a.subscriptions.mrr.is_finite());
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(!text.contains("null") && !text.contains("-0.0"), "{text}");
+    }
+
+    #[test]
+    fn totals_of_events_at_the_bounds_are_exact() {
+        let now = Utc::now();
+        let mut stored = Maps::new();
+        let n = 10_000u64;
+        for i in 0..n {
+            let (t, metadata) = if i % 2 == 0 {
+                // The largest annual amount whose twelfth is a whole number.
+                let (cycle, amount) = if i % 4 == 0 {
+                    ("monthly", MAX_AMOUNT)
+                } else {
+                    ("annual", 999_999_996.0)
+                };
+                (
+                    SUBSCRIPTION_CREATED,
+                    json!({"plan": "max", "amount": amount, "billing_cycle": cycle}),
+                )
+            } else {
+                (
+                    USAGE_TRACKED,
+                    json!({"feature": "max", "quantity": MAX_COUNT}),
+                )
+            };
+            let e = event(
+                json!({"event_id": format!("e{i}"), "event_type": t, "user_id": "u",
+                                 "timestamp": "2025-12-16T10:00:00Z", "metadata": metadata}),
+            );
+            add_to_maps(&mut stored, &effect_of(&e, now).increments);
+        }
+        let over = json!({"event_id": "o", "event_type": USAGE_TRACKED,
+                          "timestamp": "2025-12-16T10:00:00Z",
+                          "metadata": {"quantity": MAX_COUNT + 1}});
+        assert!(Event::from_value(over).is_err());
+
+        let a = AnalyticsSnapshot::from_metrics(&StoredMetrics::from_maps(&stored), now);
+        let quarter = n / 4;
+        // 2500 monthly at the bound, 2500 annual counting a twelfth of theirs.
+        assert_eq!(quarter, 2500);
+        assert_eq!(a.subscriptions.mrr, 2_708_333_332_500.0);
+        assert!(a.subscriptions.mrr.is_finite());
+        assert_eq!(a.usage.quantity, n / 2 * MAX_COUNT);
+        assert_eq!(a.usage.by_feature["max"].quantity, n / 2 * MAX_COUNT);
+        assert_eq!(a.usage.top_users[0].quantity, n / 2 * MAX_COUNT);
     }
 
     #[test]

@@ -89,6 +89,39 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
+/// Longest accepted `event_type` and dimension value (`metadata.source`, `country`, `plan`,
+/// `feature`), in characters. These values become metric keys that are kept and served at
+/// `/analytics`, so their size is bounded where they enter.
+pub const MAX_DIMENSION_LEN: usize = 64;
+/// Largest accepted `metadata.amount`. No real plan costs more, and with it a sum of amounts
+/// stays finite and, to the cent, exact far beyond any realistic number of subscriptions.
+pub const MAX_AMOUNT: f64 = 1_000_000_000.0;
+/// Largest accepted `metadata.quantity` and `metadata.duration_ms` of one event. With it a
+/// total stays exact in the stores' `f64` sums up to millions of events at the bound.
+pub const MAX_COUNT: u64 = 1_000_000_000;
+/// Longest accepted `user_id`, in characters.
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// Whether `s` may be an `event_type`: an ASCII letter, then at most 63 ASCII letters, digits
+/// or `_ . : -` (`user_signup`, `billing.invoice:paid`).
+pub fn is_event_type(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.len() <= MAX_DIMENSION_LEN
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Whether `s` may be a dimension value (`metadata.source`, `country`, `plan`, `feature`):
+/// 1 to 64 ASCII letters, digits, spaces or `_ - . : /` (`google_ads`, `US`, `Pro Annual`,
+/// `reports/export`).
+pub fn is_dimension_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DIMENSION_LEN
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b'-' | b'.' | b':' | b'/')
+        })
+}
+
 /// The event types the consumers know how to apply.
 pub const USER_SIGNUP: &str = "user_signup";
 pub const SUBSCRIPTION_CREATED: &str = "subscription_created";
@@ -137,8 +170,15 @@ impl Event {
                 err.missing.push("event_type".into());
                 None
             }
-            Some(Value::String(s)) if s.is_empty() || s.chars().count() > 64 => {
+            Some(Value::String(s)) if s.is_empty() || s.chars().count() > MAX_DIMENSION_LEN => {
                 err.push("event_type", "must be 1 to 64 characters");
+                None
+            }
+            Some(Value::String(s)) if !is_event_type(s) => {
+                err.push(
+                    "event_type",
+                    "must start with an ASCII letter followed by ASCII letters, digits or _ . : -",
+                );
                 None
             }
             Some(Value::String(s)) => Some(s.clone()),
@@ -166,8 +206,12 @@ impl Event {
 
         let user_id = match body.get("user_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.chars().count() > 128 => {
+            Some(Value::String(s)) if s.chars().count() > MAX_USER_ID_LEN => {
                 err.push("user_id", "must be at most 128 characters");
+                None
+            }
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                err.push("user_id", "must not contain control characters");
                 None
             }
             Some(Value::String(s)) => Some(s.clone()),
@@ -242,37 +286,52 @@ pub fn format_received_at(at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn check_metadata(event_type: &str, meta: &Map<String, Value>, err: &mut ValidationError) {
-    let mut want = |key: &str, ok: bool, what: &str| {
-        if !ok {
-            err.push(&format!("metadata.{key}"), what);
-        }
-    };
     for (key, value) in meta {
         if value.is_null() {
             continue;
         }
-        match (event_type, key.as_str()) {
-            (USER_SIGNUP, "source" | "email" | "company" | "country") => {
-                want(key, value.is_string(), "must be a string")
+        let problem = match (event_type, key.as_str()) {
+            (USER_SIGNUP, "source" | "country")
+            | (SUBSCRIPTION_CREATED, "plan")
+            | (USAGE_TRACKED, "feature") => dimension_problem(value),
+            (USER_SIGNUP, "email" | "company") if !value.is_string() => Some("must be a string"),
+            (SUBSCRIPTION_CREATED, "amount")
+                if !value
+                    .as_f64()
+                    .is_some_and(|a| a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a)) =>
+            {
+                Some("must be a number from 0 to 1000000000")
             }
-            (SUBSCRIPTION_CREATED, "plan") => want(key, value.is_string(), "must be a string"),
-            (SUBSCRIPTION_CREATED, "amount") => want(
-                key,
-                value.as_f64().is_some_and(|a| a.is_finite() && a >= 0.0),
-                "must be a number >= 0",
-            ),
-            (SUBSCRIPTION_CREATED, "billing_cycle") => want(
-                key,
-                matches!(value.as_str(), Some("monthly" | "annual")),
-                "must be \"monthly\" or \"annual\"",
-            ),
-            (SUBSCRIPTION_CREATED, "trial") => want(key, value.is_boolean(), "must be a boolean"),
-            (USAGE_TRACKED, "feature") => want(key, value.is_string(), "must be a string"),
-            (USAGE_TRACKED, "quantity" | "duration_ms") => {
-                want(key, value.as_u64().is_some(), "must be an integer >= 0")
+            (SUBSCRIPTION_CREATED, "billing_cycle")
+                if !matches!(value.as_str(), Some("monthly" | "annual")) =>
+            {
+                Some("must be \"monthly\" or \"annual\"")
             }
-            _ => {}
+            (SUBSCRIPTION_CREATED, "trial") if !value.is_boolean() => Some("must be a boolean"),
+            (USAGE_TRACKED, "quantity" | "duration_ms")
+                if value.as_u64().is_none_or(|n| n > MAX_COUNT) =>
+            {
+                Some("must be an integer from 0 to 1000000000")
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            err.push(&format!("metadata.{key}"), problem);
         }
+    }
+}
+
+/// What is wrong with a dimension value, if anything.
+fn dimension_problem(value: &Value) -> Option<&'static str> {
+    match value.as_str() {
+        None => Some("must be a string"),
+        Some(s) if s.is_empty() || s.chars().count() > MAX_DIMENSION_LEN => {
+            Some("must be 1 to 64 characters")
+        }
+        Some(s) if !is_dimension_value(s) => {
+            Some("must contain only ASCII letters, digits, spaces and _ - . : /")
+        }
+        Some(_) => None,
     }
 }
 
@@ -392,6 +451,135 @@ mod tests {
         }
     }
 
+    /// An event of `event_type` with one metadata key set.
+    fn with_meta(event_type: &str, key: &str, value: Value) -> Value {
+        let mut v = base();
+        v["event_type"] = json!(event_type);
+        v["metadata"] = json!({ key: value });
+        v
+    }
+
+    const DIMENSIONS: [(&str, &str); 4] = [
+        (USER_SIGNUP, "source"),
+        (USER_SIGNUP, "country"),
+        (SUBSCRIPTION_CREATED, "plan"),
+        (USAGE_TRACKED, "feature"),
+    ];
+
+    #[test]
+    fn dimension_values_are_short_and_plain() {
+        let good = [
+            "organic".to_string(),
+            "google_ads".into(),
+            "US".into(),
+            "Pro Annual".into(),
+            "reports/export".into(),
+            "v1.2:beta-3".into(),
+            "d".repeat(64),
+        ];
+        let bad = [
+            String::new(),
+            "d".repeat(65),
+            "s".repeat(900 * 1024),
+            "a\nb".into(),
+            "tab\there".into(),
+            "nul\0".into(),
+            "<script>".into(),
+            "café".into(),
+            "a,b".into(),
+            "\u{202e}evil".into(),
+        ];
+        for (t, key) in DIMENSIONS {
+            for value in &good {
+                Event::from_value(with_meta(t, key, json!(value)))
+                    .unwrap_or_else(|e| panic!("{key}={value:?}: {e}"));
+            }
+            for value in &bad {
+                let field = format!("metadata.{key}");
+                assert_eq!(
+                    problems(with_meta(t, key, json!(value))),
+                    [field.as_str()],
+                    "{value:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn event_types_are_identifiers() {
+        for good in [
+            "user_signup",
+            "x",
+            "page_view",
+            "billing.invoice:paid",
+            "A-1",
+            &"t".repeat(64),
+        ] {
+            let mut v = base();
+            v["event_type"] = json!(good);
+            Event::from_value(v).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        for bad in [
+            "1st",
+            "_x",
+            "has space",
+            "a/b",
+            "évent",
+            "user_signup\n",
+            "<img src=x>",
+            &"t".repeat(65),
+        ] {
+            let mut v = base();
+            v["event_type"] = json!(bad);
+            assert_eq!(problems(v), ["event_type"], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn amounts_and_counts_are_bounded() {
+        let accepted = [
+            (SUBSCRIPTION_CREATED, "amount", json!(1_000_000_000.0)),
+            (SUBSCRIPTION_CREATED, "amount", json!(0)),
+            (USAGE_TRACKED, "quantity", json!(1_000_000_000u64)),
+            (USAGE_TRACKED, "duration_ms", json!(1_000_000_000u64)),
+        ];
+        for (t, key, value) in accepted {
+            Event::from_value(with_meta(t, key, value.clone()))
+                .unwrap_or_else(|e| panic!("{key}={value}: {e}"));
+        }
+        let refused = [
+            (SUBSCRIPTION_CREATED, "amount", json!(1_000_000_000.01)),
+            (SUBSCRIPTION_CREATED, "amount", json!(1e307)),
+            (SUBSCRIPTION_CREATED, "amount", json!(f64::MAX)),
+            (USAGE_TRACKED, "quantity", json!(1_000_000_001u64)),
+            (USAGE_TRACKED, "quantity", json!(1u64 << 63)),
+            (USAGE_TRACKED, "quantity", json!(u64::MAX)),
+            (USAGE_TRACKED, "duration_ms", json!(1u64 << 63)),
+        ];
+        for (t, key, value) in refused {
+            let field = format!("metadata.{key}");
+            assert_eq!(
+                problems(with_meta(t, key, value.clone())),
+                [field.as_str()],
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_ids_without_control_characters_are_accepted() {
+        for good in ["user_abc123", "Jürgen Müller", "a@b.c", &"u".repeat(128)] {
+            let mut v = base();
+            v["user_id"] = json!(good);
+            assert_eq!(Event::from_value(v).unwrap().user_id.as_deref(), Some(good));
+        }
+        for bad in ["u\0", "line\nbreak", "u\u{7f}", "u\u{85}", "\u{1b}[31mred"] {
+            let mut v = base();
+            v["user_id"] = json!(bad);
+            assert_eq!(problems(v), ["user_id"], "{bad:?}");
+        }
+    }
+
     #[test]
     fn unknown_fields_and_types_are_kept() {
         let mut v = base();
@@ -421,6 +609,41 @@ mod tests {
             let v = json!({"event_id": id, "event_type": t, "timestamp": ts,
                            "metadata": {"quantity": q, "amount": q}});
             let _ = Event::from_value(v);
+        }
+
+        #[test]
+        fn a_dimension_value_is_accepted_exactly_when_short_and_plain(
+            value in "[ -~]{0,70}|.{0,70}",
+            which in 0..DIMENSIONS.len(),
+        ) {
+            let (t, key) = DIMENSIONS[which];
+            let plain = (1..=64).contains(&value.chars().count())
+                && value.chars().all(|c| c.is_ascii_alphanumeric() || " _-.:/".contains(c));
+            let result = Event::from_value(with_meta(t, key, json!(value)));
+            proptest::prop_assert_eq!(result.is_ok(), plain, "{:?}", value);
+        }
+
+        #[test]
+        fn an_event_type_is_accepted_exactly_when_an_identifier(t in "[ -~]{0,70}|.{0,70}") {
+            let identifier = t.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && t.chars().count() <= 64
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+            let mut v = base();
+            v["event_type"] = json!(t);
+            proptest::prop_assert_eq!(Event::from_value(v).is_ok(), identifier, "{:?}", t);
+        }
+
+        #[test]
+        fn numbers_are_accepted_exactly_within_their_bounds(n in proptest::num::u64::ANY, shift in 0u32..64) {
+            let n = n >> shift;
+            let within = n <= MAX_COUNT;
+            for key in ["quantity", "duration_ms"] {
+                let ok = Event::from_value(with_meta(USAGE_TRACKED, key, json!(n))).is_ok();
+                proptest::prop_assert_eq!(ok, within, "{}={}", key, n);
+            }
+            let amount = n as f64 / 100.0;
+            let ok = Event::from_value(with_meta(SUBSCRIPTION_CREATED, "amount", json!(amount))).is_ok();
+            proptest::prop_assert_eq!(ok, amount <= MAX_AMOUNT, "amount={}", amount);
         }
     }
 }

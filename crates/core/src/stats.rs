@@ -7,6 +7,28 @@ use crate::analytics::{counters, maps, StoredMetrics};
 use crate::backend::Depths;
 use crate::latency::{self, Percentiles};
 
+/// A figure as it may appear in a JSON document: non-finite becomes `0.0` and `-0.0` becomes
+/// `0.0`. serde_json writes NaN and infinities as `null` and keeps the sign of zero, which a
+/// client reading a number (the dashboard) would show as a missing or negative amount.
+pub fn json_number(x: f64) -> f64 {
+    if x.is_finite() && x != 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// Percentiles whose every figure is a [`json_number`].
+pub fn json_percentiles(p: Percentiles) -> Percentiles {
+    Percentiles {
+        count: p.count,
+        p50_ms: json_number(p.p50_ms),
+        p95_ms: json_number(p.p95_ms),
+        p99_ms: json_number(p.p99_ms),
+        mean_ms: json_number(p.mean_ms),
+    }
+}
+
 /// Ingest and end-to-end latency percentiles.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
@@ -35,6 +57,7 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
+    /// The document of `m`; counters read back saturated, every figure a JSON number.
     pub fn from_metrics(backend: &str, m: &StoredMetrics, depths: Depths) -> Self {
         PipelineStats {
             backend: backend.to_string(),
@@ -50,9 +73,41 @@ impl PipelineStats {
             queue_depth: depths.queue,
             dlq_depth: depths.dlq,
             latency: LatencyStats {
-                ingest: latency::percentiles(&m.map(maps::LATENCY_INGEST)),
-                end_to_end: latency::percentiles(&m.map(maps::LATENCY_E2E)),
+                ingest: json_percentiles(latency::percentiles(&m.map(maps::LATENCY_INGEST))),
+                end_to_end: json_percentiles(latency::percentiles(&m.map(maps::LATENCY_E2E))),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_are_never_null_or_negative_zero() {
+        for (x, want) in [
+            (f64::NAN, "0.0"),
+            (f64::INFINITY, "0.0"),
+            (f64::NEG_INFINITY, "0.0"),
+            (-0.0, "0.0"),
+            (0.0, "0.0"),
+            (12.5, "12.5"),
+            (-3.0, "-3.0"),
+        ] {
+            let text = serde_json::to_string(&json_number(x)).unwrap();
+            assert_eq!(text, want, "{x}");
+        }
+    }
+
+    #[test]
+    fn a_poisoned_histogram_gives_plain_numbers() {
+        let mut m = StoredMetrics::default();
+        let histogram = [("1".to_string(), f64::INFINITY), ("400".into(), f64::NAN)];
+        m.maps
+            .insert(maps::LATENCY_E2E.into(), histogram.into_iter().collect());
+        let stats = PipelineStats::from_metrics("memory", &m, Depths::default());
+        let text = serde_json::to_string(&stats).unwrap();
+        assert!(!text.contains("null") && !text.contains("-0.0"), "{text}");
     }
 }

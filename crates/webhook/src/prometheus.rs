@@ -118,21 +118,33 @@ fn histogram(out: &mut String, name: &str, help: &str, stored: &BTreeMap<String,
         };
         let seconds = latency::bucket_value(bucket) / 1_000_000.0;
         if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
-            per_bound[i] += n;
+            per_bound[i] = per_bound[i].saturating_add(n);
         }
-        count += n;
+        count = count.saturating_add(n);
         sum += seconds * n as f64;
     }
     let _ = writeln!(out, "# HELP {name} {help}.");
     let _ = writeln!(out, "# TYPE {name} histogram");
-    let mut cumulative = 0;
+    let mut cumulative = 0u64;
     for (bound, n) in BOUNDS.iter().zip(per_bound) {
-        cumulative += n;
+        cumulative = cumulative.saturating_add(n);
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_sum {}", sample_value(sum));
     let _ = writeln!(out, "{name}_count {count}");
+}
+
+/// A float sample value in the exposition format: `+Inf`/`-Inf` for infinities (Rust would
+/// print `inf`, which Prometheus does not parse), never `NaN` or `-0`.
+fn sample_value(x: f64) -> String {
+    if x.is_nan() || x == 0.0 {
+        "0".to_string()
+    } else if x.is_infinite() {
+        if x > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        x.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +176,47 @@ mod tests {
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"+Inf\"} 4\n"));
         assert!(text.contains("day15_ingest_latency_seconds_count 4\n"));
         assert!(text.contains("day15_end_to_end_latency_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn absurd_stored_counts_saturate_and_print_plain_numbers() {
+        let mut m = StoredMetrics::default();
+        let histogram = [
+            ("1".to_string(), f64::INFINITY),
+            ("150".into(), 1e300),
+            ("300".into(), f64::NAN),
+            ("not_a_bucket".into(), 5.0),
+        ];
+        m.maps
+            .insert(maps::LATENCY_INGEST.into(), histogram.into_iter().collect());
+        let text = render(&PipelineStats::default(), &m, 0);
+        let max = u64::MAX;
+        assert!(
+            text.contains(&format!("day15_ingest_latency_seconds_count {max}\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "day15_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {max}\n"
+        )));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            assert!(
+                value == "+Inf"
+                    || value
+                        .parse::<f64>()
+                        .is_ok_and(|v| v.is_finite() && v >= 0.0),
+                "{line}"
+            );
+            assert!(!value.contains("NaN") && !value.starts_with('-'), "{line}");
+        }
+    }
+
+    #[test]
+    fn sample_values_never_print_nan_or_negative_zero() {
+        assert_eq!(sample_value(f64::NAN), "0");
+        assert_eq!(sample_value(-0.0), "0");
+        assert_eq!(sample_value(f64::INFINITY), "+Inf");
+        assert_eq!(sample_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(sample_value(0.25), "0.25");
     }
 }

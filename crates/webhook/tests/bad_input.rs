@@ -490,3 +490,214 @@ async fn a_chunked_body_over_the_limit_is_cut_off_with_413() {
     assert!(status.contains(" 413 "), "{status}");
     assert!(body.contains("\"payload_too_large\""), "{body}");
 }
+
+/// Values that would become unbounded metric keys, or numbers that break totals, are refused
+/// with a 400 naming the field, and never reach the analytics.
+#[tokio::test]
+async fn hostile_values_are_refused_naming_the_field() {
+    let server = ServerHandle::start().await;
+    let huge = "s".repeat(900 * 1024);
+    let typed = |t: &str| {
+        let mut e = event("evt_hostile_type");
+        e["event_type"] = json!(t);
+        e
+    };
+    let with_meta = |t: &str, metadata: Value| {
+        let mut e = event("evt_hostile_meta");
+        e["event_type"] = json!(t);
+        e["metadata"] = metadata;
+        e
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "900 KB source",
+            with_meta("user_signup", json!({ "source": huge })),
+            "metadata.source",
+        ),
+        (
+            "source with a newline",
+            with_meta("user_signup", json!({"source": "ads\nfake_line"})),
+            "metadata.source",
+        ),
+        (
+            "country of 65 characters",
+            with_meta("user_signup", json!({"country": "C".repeat(65)})),
+            "metadata.country",
+        ),
+        (
+            "plan with markup",
+            with_meta("subscription_created", json!({"plan": "<b>pro</b>"})),
+            "metadata.plan",
+        ),
+        (
+            "feature not ASCII",
+            with_meta("usage_tracked", json!({"feature": "\u{202e}llac_ipa"})),
+            "metadata.feature",
+        ),
+        (
+            "event_type with a space",
+            typed("user signup"),
+            "event_type",
+        ),
+        ("event_type with markup", typed("<script>"), "event_type"),
+        (
+            "event_type starting with a digit",
+            typed("1st_login"),
+            "event_type",
+        ),
+        (
+            "amount 1e307",
+            with_meta("subscription_created", json!({"amount": 1e307})),
+            "metadata.amount",
+        ),
+        (
+            "amount above a billion",
+            with_meta("subscription_created", json!({"amount": 1_000_000_000.01})),
+            "metadata.amount",
+        ),
+        (
+            "quantity 2^63",
+            with_meta("usage_tracked", json!({"quantity": 1u64 << 63})),
+            "metadata.quantity",
+        ),
+        (
+            "duration_ms 2^63",
+            with_meta("usage_tracked", json!({"duration_ms": 1u64 << 63})),
+            "metadata.duration_ms",
+        ),
+        (
+            "user_id with a control character",
+            {
+                let mut e = event("evt_hostile_user");
+                e["user_id"] = json!("user\u{1b}[2J");
+                e
+            },
+            "user_id",
+        ),
+    ];
+    for (name, body, field) in &cases {
+        let r = server.post(EVENTS, body).await;
+        assert_eq!(r.status(), 400, "{name}");
+        let body = error_body(r).await;
+        assert_eq!(body["error"], "invalid_event", "{name}: {body}");
+        let fields: Vec<&str> = body["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, [*field], "{name}: {body}");
+    }
+    assert_eq!(server.queue_depth().await, 0);
+    let stats = server.get_json("/stats").await;
+    assert_eq!(stats["rejected"], cases.len(), "{stats}");
+}
+
+/// Applies every queued event as a consumer does.
+async fn apply_queued(server: &ServerHandle) -> usize {
+    use pipeline_core::analytics::effect_of;
+    use pipeline_core::backend::Settlement;
+    use pipeline_core::event::Event;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut applied = 0;
+    loop {
+        let deliveries = server
+            .backend
+            .claim_batch("test", 1000, std::time::Duration::ZERO, &cancel)
+            .await
+            .unwrap();
+        if deliveries.is_empty() {
+            return applied;
+        }
+        applied += deliveries.len();
+        let settlements = deliveries
+            .into_iter()
+            .map(|delivery| {
+                let event = Event::from_slice(delivery.payload.as_bytes()).unwrap();
+                let effect = Some(effect_of(&event, chrono::Utc::now()));
+                Settlement::Ack { delivery, effect }
+            })
+            .collect();
+        server.backend.settle(settlements).await.unwrap();
+    }
+}
+
+/// At the largest accepted amount and quantity, the totals of many events are exact and
+/// finite; one above the bound is refused.
+#[tokio::test]
+async fn totals_of_many_events_at_the_bounds_are_exact() {
+    const N: u64 = 1000;
+    let server = ServerHandle::start().await;
+    let meta_event = |id: String, t: &str, metadata: Value| {
+        json!({"event_id": id, "event_type": t, "user_id": "user_max",
+               "timestamp": "2025-12-16T10:00:00Z", "metadata": metadata})
+    };
+    for (t, key, above) in [
+        ("subscription_created", "amount", json!(1_000_000_000.5)),
+        ("usage_tracked", "quantity", json!(1_000_000_001u64)),
+    ] {
+        let r = server
+            .post(
+                EVENTS,
+                &meta_event(format!("evt_above_{key}"), t, json!({ key: above })),
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{key} above the bound");
+    }
+    for (prefix, t, metadata) in [
+        (
+            "evt_max_sub",
+            "subscription_created",
+            json!({"plan": "max", "amount": 1_000_000_000.0, "billing_cycle": "monthly"}),
+        ),
+        (
+            "evt_max_use",
+            "usage_tracked",
+            json!({"feature": "max", "quantity": 1_000_000_000u64, "duration_ms": 1_000_000_000u64}),
+        ),
+    ] {
+        let events: Vec<Value> = (0..N)
+            .map(|i| meta_event(format!("{prefix}_{i}"), t, metadata.clone()))
+            .collect();
+        let r = server.post(BATCH, &json!({ "events": events })).await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["results"]["accepted"], N, "{body}");
+    }
+    assert_eq!(apply_queued(&server).await, 2 * N as usize);
+
+    let text = server.get("/analytics").await.text().await.unwrap();
+    assert!(!text.contains("null"), "{text}");
+    let a: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(a["subscriptions"]["mrr"], json!(1e12), "{text}");
+    assert_eq!(a["subscriptions"]["by_plan"]["max"]["mrr"], json!(1e12));
+    assert_eq!(a["usage"]["quantity"], json!(N * 1_000_000_000));
+    assert_eq!(
+        a["usage"]["by_feature"]["max"]["quantity"],
+        json!(N * 1_000_000_000)
+    );
+    assert_eq!(
+        a["usage"]["top_users"][0]["quantity"],
+        json!(N * 1_000_000_000)
+    );
+}
+
+/// An empty pipeline's documents hold plain zeros: no `-0.0`, no `null`.
+#[tokio::test]
+async fn an_empty_pipeline_reports_zero_not_negative_zero() {
+    let server = ServerHandle::start().await;
+    let analytics = server.get("/analytics").await.text().await.unwrap();
+    assert!(analytics.contains(r#""mrr":0.0"#), "{analytics}");
+    let stats = server.get("/stats").await.text().await.unwrap();
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for (path, text) in [("/analytics", &analytics), ("/stats", &stats)] {
+        assert!(
+            !text.contains("-0.0") && !text.contains("null"),
+            "{path}: {text}"
+        );
+    }
+    assert!(
+        !metrics.contains("NaN") && !metrics.contains(" -0"),
+        "{metrics}"
+    );
+}

@@ -44,6 +44,8 @@ fn maybe_valid_event() -> impl Strategy<Value = Value> {
             "subscription_created",
             "usage_tracked",
             "x",
+            "billing.invoice:paid",
+            "not an identifier",
         ]),
         prop::option::of((field, any_json())),
     )

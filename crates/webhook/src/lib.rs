@@ -27,15 +27,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use pipeline_core::backend::{Backend, BackendError, BackendResult};
 use pipeline_core::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
 
 mod admin;
@@ -47,6 +43,7 @@ mod ingest;
 pub mod local_metrics;
 mod prometheus;
 mod read;
+mod server;
 pub mod signature;
 
 use error::ApiError;
@@ -61,9 +58,10 @@ pub const BACKEND_TIMEOUT: Duration = Duration::from_millis(800);
 /// Longest a whole request may take, body upload included (a slow client gets a 408).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a client may take to send a request head (request line and headers). Without it a
-/// client that opens a connection and trickles a header forever holds a task and a socket
-/// (slowloris); the request timeout only starts once the head is in.
+/// Default of DAY15_REQUEST_HEAD_TIMEOUT_SECONDS: longest a client may take to send a request
+/// head (request line and headers), counted from accept for a connection's first request.
+/// Without it a client that connects and sends nothing, or trickles a header forever, holds a
+/// task and a socket (slowloris); the request timeout only starts once the head is in.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// On shutdown, how long connections may take to write out the last answers and close once
@@ -302,7 +300,13 @@ pub async fn serve(
         shutdown.cancelled().await;
         streams_stop.cancel();
     };
-    let mut graceful = std::pin::pin!(accept_loop(listener, router(state.clone()), stopping));
+    let limits = server::ConnectionLimits::from_config(&state.config().http);
+    let mut graceful = std::pin::pin!(server::accept_loop(
+        listener,
+        router(state.clone()),
+        limits,
+        stopping,
+    ));
     // Graceful shutdown alone waits for every open connection, also one that never sent a
     // whole request (pre-opened by a client, or stalled mid-head), which can be forever.
     // Requests in flight are waited for (each is bounded by REQUEST_TIMEOUT, and the analytics
@@ -330,64 +334,6 @@ pub async fn serve(
     }
     tracing::info!("Webhook receiver stopped");
     served.context("HTTP server failed")
-}
-
-/// Accepts connections until `stop` resolves, then asks each open connection to finish its
-/// request and close, and resolves once all of them did.
-///
-/// Our own loop rather than `axum::serve` for one setting axum does not expose: hyper's
-/// [`HEADER_READ_TIMEOUT`], which needs a timer on the connection builder.
-async fn accept_loop(
-    listener: TcpListener,
-    app: Router,
-    stop: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connections = TaskTracker::new();
-    let closing = CancellationToken::new();
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        // Losing branch: a pending accept is dropped; the listener closes with this function.
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("Cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        // Responses are small and written at once; do not let Nagle delay them.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(
-            |request: hyper::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
-        ));
-        let builder = builder.clone();
-        let closing = closing.clone();
-        connections.spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            // Losing branch: on `closing` the connection is told to finish its request and
-            // is then driven to the end below.
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
-            let _ = connection.await;
-        });
-    }
-    drop(listener);
-    closing.cancel();
-    connections.close();
-    connections.wait().await;
-    Ok(())
 }
 
 fn announce(state: &AppState, address: SocketAddr) {

@@ -83,6 +83,15 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most events in one batch POST.
     pub max_batch_events: usize,
+    /// Longest from accepting a connection to a complete request head (and from a later
+    /// request's first byte to its complete head), so silent and slow clients cannot hold
+    /// sockets.
+    pub request_head_timeout: Duration,
+    /// How long a connection with no request in flight may stay idle before it is closed.
+    pub keepalive_timeout: Duration,
+    /// Most connections held open at once; beyond it new ones are closed at once, so file
+    /// descriptors stay available for the clients being served.
+    pub max_connections: usize,
     /// `None` when empty: signatures are then not required.
     pub webhook_secret: Option<String>,
     /// Largest accepted distance between a signature's timestamp and now (replay window).

@@ -287,6 +287,12 @@ pub const ROWS: &[Variable] = &[
         "Largest request body the webhook reads (413 above)"),
     Variable::new(Limits, "DAY15_MAX_BATCH_EVENTS", Some("1000"), int(1, 100_000),
         "Most events in one POST /webhook/batch"),
+    Variable::new(Limits, "DAY15_REQUEST_HEAD_TIMEOUT_SECONDS", Some("10"), dur(Seconds, 0.1, 3600.0),
+        "Longest from accepting a connection (or a request's first byte) to its whole request head; silent connections are closed after it"),
+    Variable::new(Limits, "DAY15_KEEPALIVE_TIMEOUT_SECONDS", Some("60"), dur(Seconds, 0.1, 86_400.0),
+        "A connection idle this long with no request in flight is closed"),
+    Variable::new(Limits, "DAY15_MAX_CONNECTIONS", Some("10000"), int(1, 1_000_000),
+        "Most connections the webhook holds open; beyond it new ones are closed at once"),
     Variable::new(Orchestrator, "DAY15_CONSUMERS", Some("1"), int(0, 256),
         "Consumer processes the orchestrator runs")
         .flag("consumers", "N"),

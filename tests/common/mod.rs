@@ -330,8 +330,24 @@ impl Pipeline {
         self.spawn_program(&bin(name), name, args)
     }
 
+    /// As [`Pipeline::spawn`], with `vars` set on top of the pipeline's settings for this
+    /// process only (e.g. a fault to inject into one consumer).
+    pub fn spawn_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Proc {
+        self.spawn_program_with(&bin(name), name, args, vars)
+    }
+
     /// As [`Pipeline::spawn`], for a program file anywhere (e.g. a copy of a binary).
     pub fn spawn_program(&self, program: &Path, name: &str, args: &[&str]) -> Proc {
+        self.spawn_program_with(program, name, args, &[])
+    }
+
+    fn spawn_program_with(
+        &self,
+        program: &Path,
+        name: &str,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -345,6 +361,7 @@ impl Pipeline {
             }
         }
         cmd.envs(self.vars.iter().cloned())
+            .envs(vars.iter().copied())
             .args(args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

@@ -56,6 +56,7 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("DAY15_LOG_FORMAT", Some("text")),
     ("DAY15_METRICS_ENABLED", Some("true")),
     ("DAY15_FAULT_INJECTION", Some("false")),
+    ("DAY15_FAULT_HOLD_BATCH", Some("0")),
 ];
 
 /// Command-line flags common to every binary. Each flag overrides one `DAY15_*` variable.
@@ -226,6 +227,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub metrics_enabled: bool,
     pub fault_injection: bool,
+    /// With fault injection: a consumer holds its N-th batch unsettled until it is stopped,
+    /// so a crash test can kill it mid-batch for certain. 0 = never.
+    pub fault_hold_batch: u64,
 }
 
 /// One bad variable: what it was set to and what would have been accepted.
@@ -564,6 +568,7 @@ impl Config {
         };
         let metrics_enabled = v.boolean("DAY15_METRICS_ENABLED");
         let fault_injection = v.boolean("DAY15_FAULT_INJECTION");
+        let fault_hold_batch = v.int("DAY15_FAULT_HOLD_BATCH", 0, 1_000_000_000, 0);
 
         if !v.problems.is_empty() {
             return Err(ConfigError {
@@ -602,6 +607,7 @@ impl Config {
             log_format,
             metrics_enabled,
             fault_injection,
+            fault_hold_batch,
         })
     }
 

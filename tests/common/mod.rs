@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +12,8 @@ use nix::unistd::Pid;
 use pipeline_core::analytics::MetricsSnapshot;
 use pipeline_core::backend::{self, BackendError};
 use pipeline_core::config::{BackendKind, Config};
+use pipeline_core::testkit::free_port;
+pub use pipeline_core::testkit::wait::blocking::eventually;
 pub use pipeline_core::testkit::RedisServer;
 use serde_json::Value;
 
@@ -38,28 +39,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A process this test started. Dropping it kills it (SIGKILL) if it is still running.
@@ -222,7 +201,7 @@ impl Pipeline {
             dir.disable_cleanup(true);
             eprintln!("pipeline folder kept: {}", dir.path().display());
         }
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let log = dir.path().join("pipeline.log");
         let vars = backend.into_iter().chain([
             ("DAY15_WEBHOOK_PORT", port.to_string()),

@@ -7,6 +7,7 @@ use common::*;
 use pipeline_core::analytics::counters;
 use pipeline_core::backend::Backend as _;
 use pipeline_core::config::{LogFormat, LogLevel};
+use pipeline_core::testkit::wait::eventually;
 use serde_json::json;
 
 #[tokio::test]
@@ -46,9 +47,12 @@ async fn a_held_batch_is_left_unsettled_and_delivered_again_after_its_lease() {
 
     // The first batch is settled; the second is held, whatever the timing.
     let consumer = start(holding, &backend);
-    eventually("the hold to be logged", || async {
+    eventually("the hold to be logged", DEADLINE, || async {
         read_log()
-            .contains("Fault injection: holding batch 2 of 2 events before settling it until stopped")
+            .contains(
+                "Fault injection: holding batch 2 of 2 events before settling it until stopped",
+            )
+            .then_some(())
     })
     .await;
     assert_eq!(metrics(&backend).await.counter(counters::PROCESSED), 2);

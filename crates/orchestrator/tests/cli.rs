@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use pipeline_core::testkit::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 
 /// The binary with a clean environment, run in `dir` (so no `config/.env` is picked up).
@@ -56,11 +58,7 @@ fn check_reports_every_problem_and_exits_2() {
 #[test]
 fn unreachable_redis_is_one_clear_sentence_and_exit_1() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
+    let port = free_port().expect("a free port").to_string();
     let vars = [
         ("DAY15_QUEUE_BACKEND", "redis"),
         ("DAY15_REDIS_HOST", "127.0.0.1"),

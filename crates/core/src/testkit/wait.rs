@@ -43,7 +43,9 @@ pub mod blocking {
     /// Checks `check` until it returns `Some`, and returns that value.
     ///
     /// # Panics
-    /// When `deadline` has passed and `check` still returned `None`: the message names `what`.
+    /// When `deadline` has passed and `check` still returned `None`: the message names `what`,
+    /// and the location is the caller's.
+    #[track_caller]
     pub fn eventually<T>(
         what: &str,
         deadline: Duration,
@@ -62,6 +64,7 @@ pub mod blocking {
     }
 }
 
+#[track_caller]
 fn timed_out(what: &str, deadline: Duration) -> ! {
     panic!("timed out after {deadline:?} waiting for: {what}")
 }

@@ -425,6 +425,15 @@ fn redis_outage_under_load(persistent: bool) {
     };
     let mut webhook = rig.webhook();
     let (mut a, mut b) = (rig.consumer(), rig.consumer());
+    // A consumer that is still starting when Redis goes down exits, as it should: the
+    // outage must find both connected.
+    for consumer in [&a, &b] {
+        eventually("the consumer connected to Redis", START, || {
+            tail(&consumer.output, TAIL_BYTES)
+                .contains(" started: backend redis")
+                .then_some(())
+        });
+    }
     let started = Instant::now();
     let load = Load::start(&rig.p, "r", busy_clients());
     load.wait_accepted(1_000, PROGRESS);

@@ -71,6 +71,21 @@ impl Rig {
         self.p.spawn("consumer", &[])
     }
 
+    /// A consumer that holds its `batch`-th batch, claimed and decided, unsettled until it is
+    /// stopped (`DAY15_FAULT_HOLD_BATCH`), and says so in its output: killed after that, it
+    /// dies holding a batch by construction, however fast the build.
+    fn consumer_holding(&self, batch: u64) -> Proc {
+        let batch = batch.to_string();
+        self.p.spawn_with(
+            "consumer",
+            &[],
+            &[
+                ("DAY15_FAULT_INJECTION", "true"),
+                ("DAY15_FAULT_HOLD_BATCH", &batch),
+            ],
+        )
+    }
+
     /// Stops every process still running with SIGTERM (each must exit 0), then checks that
     /// nothing this pipeline started is left.
     fn shut_down(&self, procs: Vec<&mut Proc>) {
@@ -138,48 +153,22 @@ fn holds_batch(consumer: &Proc) -> Option<bool> {
         })
 }
 
-/// Whether a consumer's output shows it deciding a batch: it completed one before, logged
-/// "Processing batch of N events" since, and between 1 and N-1 "Processed" lines after that
-/// — so the batch's settle has not been sent yet, and the ids decided so far are known.
-fn deciding_batch(consumer: &Proc) -> bool {
-    const START: &str = " - Processing batch of ";
-    let tail = tail(&consumer.output, TAIL_BYTES);
-    let Some(at) = tail.rfind(START) else {
-        return false;
-    };
-    if !tail[..at].contains(" - Batch complete: ") {
-        return false;
-    }
-    let current = &tail[at + START.len()..];
-    let size: usize = current
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let decided = decided_ids(current).len();
-    !current.contains(" - Batch complete: ") && (1..size).contains(&decided)
-}
+/// Which batch a consumer started by [`Rig::consumer_holding`] holds: a few batches in, so the
+/// kill lands while the load is under way, and few enough that it always gets that far.
+const HELD_BATCH: u64 = 3;
 
-/// SIGKILLs `consumer` while it is deciding a batch, before that batch is settled. The
-/// consumer is frozen (SIGSTOP) before its output is read a second time, so it cannot move on
-/// between that check and the kill; if it had, it is thawed and watched again. Returns
+/// The line a consumer started by [`Rig::consumer_holding`] logs once it holds its batch.
+const HOLDING: &str = " - Fault injection: holding batch ";
+
+/// SIGKILLs a consumer started by [`Rig::consumer_holding`] once its output says it holds its
+/// batch, so the kill lands after the batch was claimed and before it is settled. Returns
 /// whether its output confirms it died holding a batch (it never logged the batch complete).
 fn sigkill_mid_batch(consumer: &mut Proc) -> bool {
-    eventually(
-        "the consumer to be in the middle of a batch",
-        PROGRESS,
-        || {
-            if !deciding_batch(consumer) {
-                return None;
-            }
-            consumer.signal(Signal::SIGSTOP);
-            if deciding_batch(consumer) {
-                return Some(());
-            }
-            consumer.signal(Signal::SIGCONT);
-            None
-        },
-    );
+    eventually("the consumer to hold its batch", PROGRESS, || {
+        tail(&consumer.output, TAIL_BYTES)
+            .contains(HOLDING)
+            .then_some(())
+    });
     consumer.signal(Signal::SIGKILL);
     consumer
         .wait_timeout(STOP)
@@ -233,7 +222,7 @@ fn sigkilled_consumer_loses_none_of_20000_events(store: Store) {
     };
     rig.p.set("DAY15_BATCH_SIZE", "100");
     let mut webhook = rig.webhook();
-    let (mut killed, mut survivor) = (rig.consumer(), rig.consumer());
+    let (mut killed, mut survivor) = (rig.consumer_holding(HELD_BATCH), rig.consumer());
     let started = Instant::now();
     let load = Load::start(
         &rig.p,
@@ -247,19 +236,23 @@ fn sigkilled_consumer_loses_none_of_20000_events(store: Store) {
     );
     load.wait_accepted(2_000, PROGRESS);
     let held = sigkill_mid_batch(&mut killed);
+    let mut restarted = rig.consumer();
     let mut ledger = load.wait_done(PROGRESS);
     assert_eq!(ledger.sent.len(), 20_000);
     let mut figures = check_exactly_once(&rig.p, &mut ledger, "sigkill-consumer");
     assert_eq!(figures.accepted, 20_000);
     assert_eq!(figures.applied, 20_000);
     let elapsed = started.elapsed();
-    rig.shut_down(vec![&mut webhook, &mut survivor]);
+    rig.shut_down(vec![&mut webhook, &mut survivor, &mut restarted]);
     let unfinished = unfinished_batch(&killed);
     figures
         .note("kills", 1)
         .note("killed_holding_batch", held)
         .note("unfinished_batch", unfinished.len())
-        .note("redelivered", redelivered(&unfinished, &[&survivor]))
+        .note(
+            "redelivered",
+            redelivered(&unfinished, &[&survivor, &restarted]),
+        )
         .note("ms", elapsed.as_millis())
         .report();
 }
@@ -271,7 +264,7 @@ fn consumer_sigkilled_twice_mid_batch_loses_nothing(store: Store) {
     };
     rig.p.set("DAY15_BATCH_SIZE", "50");
     let mut webhook = rig.webhook();
-    let (mut first, mut survivor) = (rig.consumer(), rig.consumer());
+    let (mut first, mut survivor) = (rig.consumer_holding(HELD_BATCH), rig.consumer());
     let started = Instant::now();
     let load = Load::start(
         &rig.p,
@@ -285,14 +278,15 @@ fn consumer_sigkilled_twice_mid_batch_loses_nothing(store: Store) {
     );
     load.wait_accepted(500, PROGRESS);
     let held_first = sigkill_mid_batch(&mut first);
-    let mut second = rig.consumer();
+    let mut second = rig.consumer_holding(HELD_BATCH);
     let held_second = sigkill_mid_batch(&mut second);
+    let mut restarted = rig.consumer();
     let mut ledger = load.finish();
     let mut figures = check_exactly_once(&rig.p, &mut ledger, "sigkill-consumer-twice");
     let elapsed = started.elapsed();
-    rig.shut_down(vec![&mut webhook, &mut survivor]);
+    rig.shut_down(vec![&mut webhook, &mut survivor, &mut restarted]);
     let unfinished: Vec<String> = [unfinished_batch(&first), unfinished_batch(&second)].concat();
-    let redelivered = redelivered(&unfinished, &[&survivor, &second]);
+    let redelivered = redelivered(&unfinished, &[&survivor, &second, &restarted]);
     figures
         .note("kills", 2)
         .note(
@@ -431,6 +425,15 @@ fn redis_outage_under_load(persistent: bool) {
     };
     let mut webhook = rig.webhook();
     let (mut a, mut b) = (rig.consumer(), rig.consumer());
+    // A consumer that is still starting when Redis goes down exits, as it should: the
+    // outage must find both connected.
+    for consumer in [&a, &b] {
+        eventually("the consumer connected to Redis", START, || {
+            tail(&consumer.output, TAIL_BYTES)
+                .contains(" started: backend redis")
+                .then_some(())
+        });
+    }
     let started = Instant::now();
     let load = Load::start(&rig.p, "r", busy_clients());
     load.wait_accepted(1_000, PROGRESS);

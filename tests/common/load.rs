@@ -252,16 +252,9 @@ impl Load {
 
     /// Waits for a limited load to send all its ids, then returns the ledger.
     pub fn wait_done(self, timeout: Duration) -> Ledger {
-        let start = Instant::now();
-        for t in &self.threads {
-            while !t.is_finished() {
-                assert!(
-                    start.elapsed() < timeout,
-                    "the load did not finish in {timeout:?}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        eventually("the load to finish", timeout, || {
+            self.threads.iter().all(|t| t.is_finished()).then_some(())
+        });
         self.finish()
     }
 }

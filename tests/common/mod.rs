@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +12,8 @@ use nix::unistd::Pid;
 use pipeline_core::analytics::StoredMetrics;
 use pipeline_core::backend::{self, BackendError};
 use pipeline_core::config::{BackendKind, Config};
+use pipeline_core::testkit::free_port;
+pub use pipeline_core::testkit::wait::blocking::eventually;
 pub use pipeline_core::testkit::RedisServer;
 use serde_json::Value;
 
@@ -38,28 +39,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A process this test started. Dropping it kills it (SIGKILL) if it is still running.
@@ -222,7 +201,7 @@ impl Pipeline {
             dir.disable_cleanup(true);
             eprintln!("pipeline folder kept: {}", dir.path().display());
         }
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let log = dir.path().join("pipeline.log");
         let vars = backend.into_iter().chain([
             ("DAY15_WEBHOOK_PORT", port.to_string()),
@@ -330,8 +309,24 @@ impl Pipeline {
         self.spawn_program(&bin(name), name, args)
     }
 
+    /// As [`Pipeline::spawn`], with `vars` set on top of the pipeline's settings for this
+    /// process only (e.g. a fault to inject into one consumer).
+    pub fn spawn_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Proc {
+        self.spawn_program_with(&bin(name), name, args, vars)
+    }
+
     /// As [`Pipeline::spawn`], for a program file anywhere (e.g. a copy of a binary).
     pub fn spawn_program(&self, program: &Path, name: &str, args: &[&str]) -> Proc {
+        self.spawn_program_with(program, name, args, &[])
+    }
+
+    fn spawn_program_with(
+        &self,
+        program: &Path,
+        name: &str,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -345,6 +340,7 @@ impl Pipeline {
             }
         }
         cmd.envs(self.vars.iter().cloned())
+            .envs(vars.iter().copied())
             .args(args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

@@ -12,6 +12,11 @@
 //! retried until it succeeds; at shutdown it gets a few last tries and is then abandoned,
 //! which is safe: the unsettled events come back after their lease and the backend applies
 //! each effect at most once.
+//!
+//! Fault injection (DAY15_FAULT_INJECTION with DAY15_FAULT_HOLD_BATCH=N) makes the consumer
+//! hold its N-th batch, claimed and decided but not settled, until it is stopped, and then
+//! leave it unsettled: a crash test that kills it after the hold is logged kills it holding a
+//! batch for certain, however fast the build.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -134,6 +139,11 @@ pub struct Consumer {
     health: BackendHealth,
     /// `Some` when DAY15_DASHBOARD_UPDATE_ENABLED.
     dashboard: Option<DashboardPublisher>,
+    /// Which batch to hold unsettled until shutdown (1 = the first); `Some` only with fault
+    /// injection and DAY15_FAULT_HOLD_BATCH set.
+    hold_batch: Option<u64>,
+    /// Batches claimed so far, counting the one being decided: what `hold_batch` refers to.
+    batches_claimed: u64,
 }
 
 impl Consumer {
@@ -154,6 +164,9 @@ impl Consumer {
             settings: HandlerSettings::from_config(config),
             health: BackendHealth::new(),
             dashboard,
+            hold_batch: (config.consumer.fault_injection && config.consumer.fault_hold_batch > 0)
+                .then_some(config.consumer.fault_hold_batch),
+            batches_claimed: 0,
         })
     }
 
@@ -181,6 +194,17 @@ impl Consumer {
                 batch = self.claim(wait, &shutdown).await;
             }
             if !batch.is_empty() {
+                self.batches_claimed += 1;
+                if self.hold_batch == Some(self.batches_claimed) {
+                    // The previous batch is settled first, so the held one is the only batch
+                    // leased and the last one in the log. Returns at shutdown, ending the loop.
+                    if let Some(previous) = settling.take() {
+                        self.complete(previous, &shutdown).await;
+                    }
+                    let held = self.decide(std::mem::take(&mut batch));
+                    self.hold_until_stopped(held, &shutdown).await;
+                    continue;
+                }
                 // The next batch is claimed before this one is decided, so its answer is back
                 // when it is needed, while the backend works on the previous settle. Not with
                 // DAY15_BATCH_LINGER_MS, which would not apply to a batch claimed this way.
@@ -333,6 +357,21 @@ impl Consumer {
         let settlements = decided.settlements.clone();
         let call = Sent::send(async move { backend.settle(settlements).await }).await;
         Settling { call, decided }
+    }
+
+    /// Fault injection: keeps a decided batch unsettled until `shutdown` fires, then leaves
+    /// it unsettled. Its events come back after their lease, exactly as after a crash.
+    async fn hold_until_stopped(&mut self, decided: Decided, shutdown: &CancellationToken) {
+        let events = decided.outcomes.len();
+        tracing::warn!(
+            "Fault injection: holding batch {} of {events} events before settling it until stopped",
+            self.batches_claimed
+        );
+        shutdown.cancelled().await;
+        self.stats.unsettled_batches += 1;
+        tracing::warn!(
+            "Batch of {events} events left unsettled at shutdown: it will be delivered again after the visibility timeout"
+        );
     }
 
     /// Waits for a batch's settle (retrying it through an outage), then counts and reports.

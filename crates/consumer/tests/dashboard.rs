@@ -8,6 +8,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use common::*;
 use pipeline_core::analytics::counters;
+use pipeline_core::testkit::wait::eventually;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -73,9 +74,9 @@ async fn each_batch_posts_its_metric_deltas_to_the_dashboard() {
     )
     .await;
     let consumer = start(config, &backend);
-    eventually("deltas of all 4 events posted", || async {
+    eventually("deltas of all 4 events posted", DEADLINE, || async {
         let docs = received.lock().unwrap().clone();
-        sum(&docs, "/processed") >= 4.0
+        (sum(&docs, "/processed") >= 4.0).then_some(())
     })
     .await;
     let stats = consumer.stop().await.unwrap();

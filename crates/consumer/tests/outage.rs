@@ -8,6 +8,7 @@ use common::*;
 use pipeline_core::analytics::counters;
 use pipeline_core::backend::Backend as _;
 use pipeline_core::config::{LogFormat, LogLevel};
+use pipeline_core::testkit::wait::eventually;
 use pipeline_core::testkit::{FaultMode, FaultyBackend};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,10 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
 
     // Phase 1: claims fail. The consumer keeps trying (it does not exit) and says so once.
     enqueue(&memory, vec![signup("evt_1", "u1", json!({}))]).await;
-    eventually("several failed claims", || async { flaky.failures() >= 4 }).await;
+    eventually("several failed claims", DEADLINE, || async {
+        (flaky.failures() >= 4).then_some(())
+    })
+    .await;
     assert!(
         !running.is_finished(),
         "an outage must not end the consumer"
@@ -63,8 +67,8 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
     assert_eq!(metrics(&memory).await.counter(counters::PROCESSED), 2);
     assert_eq!(memory.depths().await.unwrap().queue, 0);
 
-    eventually("the statistics block in the log", || async {
-        read_log().contains("PROCESSING STATISTICS")
+    eventually("the statistics block in the log", DEADLINE, || async {
+        read_log().contains("PROCESSING STATISTICS").then_some(())
     })
     .await;
     let log = read_log();

@@ -8,6 +8,7 @@ use chrono::Utc;
 use common::*;
 use pipeline_core::analytics::{counters, AnalyticsSnapshot};
 use pipeline_core::backend::{Backend, DlqSelection};
+use pipeline_core::testkit::wait::eventually;
 use serde_json::json;
 
 /// One signup: id, user, source, country.
@@ -204,8 +205,8 @@ async fn permanent_failure_is_dead_lettered_after_all_retries_and_replay_process
     let backend = memory_backend(&config_on);
     enqueue(&backend, vec![failing("evt_perm", "permanent")]).await;
     let consumer = start(config_on, &backend);
-    eventually("the event in the DLQ", || async {
-        backend.depths().await.unwrap().dlq == 1
+    eventually("the event in the DLQ", DEADLINE, || async {
+        (backend.depths().await.unwrap().dlq == 1).then_some(())
     })
     .await;
     let stats = consumer.stop().await.unwrap();
@@ -297,8 +298,8 @@ async fn an_invalid_payload_goes_to_the_dlq_at_once_as_a_permanent_failure() {
     )
     .await;
     let consumer = start(config, &backend);
-    eventually("both in the DLQ", || async {
-        backend.depths().await.unwrap().dlq == 2
+    eventually("both in the DLQ", DEADLINE, || async {
+        (backend.depths().await.unwrap().dlq == 2).then_some(())
     })
     .await;
     consumer.stop().await.unwrap();
@@ -324,8 +325,8 @@ async fn dry_run_acks_events_without_touching_analytics() {
     )
     .await;
     let consumer = start(config, &backend);
-    eventually("the queue drained", || async {
-        backend.depths().await.unwrap().queue == 0
+    eventually("the queue drained", DEADLINE, || async {
+        (backend.depths().await.unwrap().queue == 0).then_some(())
     })
     .await;
     let stats = consumer.stop().await.unwrap();

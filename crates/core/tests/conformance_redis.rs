@@ -13,6 +13,7 @@ use common::conformance::{backend_conformance, Harness};
 use pipeline_core::backend::redis::RedisBackend;
 use pipeline_core::backend::*;
 use pipeline_core::event::EventId;
+use pipeline_core::testkit::wait::eventually;
 use pipeline_core::testkit::RedisServer;
 
 /// One server per test; `open` takes a fresh key prefix on it, `reopen` the last one again.
@@ -80,27 +81,18 @@ async fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
 
 /// Claims until something arrives or `deadline` passes, retrying through errors.
 async fn claim_eventually(b: &RedisBackend, deadline: Duration) -> Vec<Delivery> {
-    let start = Instant::now();
-    loop {
-        if let Ok(got) = b
-            .claim_batch(
-                "c1",
-                10,
-                Duration::from_millis(200),
-                &CancellationToken::new(),
-            )
-            .await
-        {
-            if !got.is_empty() {
-                return got;
-            }
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "nothing claimed in {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("something to claim", deadline, || async {
+        b.claim_batch(
+            "c1",
+            10,
+            Duration::from_millis(200),
+            &CancellationToken::new(),
+        )
+        .await
+        .ok()
+        .filter(|got| !got.is_empty())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

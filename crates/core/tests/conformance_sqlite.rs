@@ -17,6 +17,7 @@ use pipeline_core::backend::sqlite::{SqliteBackend, SCHEMA_VERSION};
 use pipeline_core::backend::*;
 use pipeline_core::config::SqliteSynchronous;
 use pipeline_core::event::EventId;
+use pipeline_core::testkit::wait::eventually;
 
 /// Each `open` makes a new file in a temp dir; `reopen` opens another backend on the last
 /// file, which is what another process does.
@@ -238,14 +239,12 @@ async fn dropping_the_backend_closes_the_file_cleanly() {
     assert!(wal.exists(), "WAL mode while open");
     drop(b);
     // SQLite checkpoints and removes the WAL when the last connection closes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while wal.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the backend's threads must close their connections once it is dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the backend's threads to close their connections once it is dropped",
+        Duration::from_secs(10),
+        || async { (!wal.exists()).then_some(()) },
+    )
+    .await;
     let b = open_at(&path, BackendOptions::default()).await;
     assert_eq!(b.depths().await.unwrap().queue, 1);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{run_generator, FakeOptions, FakeWebhook};
+use pipeline_core::testkit::free_port;
 
 async fn passes_against_a_conforming_webhook(scenario: &str) {
     let fake = FakeWebhook::start(FakeOptions::default()).await;
@@ -147,11 +148,7 @@ async fn a_webhook_answering_500_to_malformed_payloads_fails_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_webhook_exits_2_within_3_seconds_naming_the_url() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let run = run_generator(&["--url", &url], &[]).await;
     assert_eq!(run.code, Some(2), "{run}");
@@ -165,11 +162,7 @@ async fn an_unreachable_webhook_exits_2_within_3_seconds_naming_the_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_url_comes_from_the_configured_webhook_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let run = run_generator(&["basic"], &[("DAY15_WEBHOOK_PORT", &port.to_string())]).await;
     assert_eq!(run.code, Some(2), "{run}");
     assert!(
@@ -187,11 +180,7 @@ async fn bad_configuration_exits_2_listing_the_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_webhook_is_reported_as_json_when_asked() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let run = run_generator(&["load", "--url", &url, "--json"], &[]).await;
     assert_eq!(run.code, Some(2), "{run}");

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use pipeline_core::testkit::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 
 /// The binary with a clean environment, run in `dir` (so no `config/.env` is picked up).
@@ -58,11 +60,7 @@ fn check_reports_every_problem_and_exits_2() {
 #[test]
 fn unreachable_redis_is_one_clear_sentence_and_exit_1() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
+    let port = free_port().expect("a free port").to_string();
     let vars = [
         ("DAY15_QUEUE_BACKEND", "redis"),
         ("DAY15_REDIS_HOST", "127.0.0.1"),
@@ -179,15 +177,6 @@ fn a_taken_port_stops_the_in_process_pipeline_before_any_task() {
     a_taken_port_is_one_clear_sentence_and_exit_1_before_any_role("memory");
 }
 
-/// A free port (released again; the orchestrator binds it next).
-fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string()
-}
-
 /// A secret the configuration accepts but the webhook refuses at start (not base64): a
 /// webhook that fails the same way on every start.
 const UNUSABLE_SECRET: (&str, &str) = ("DAY15_WEBHOOK_SECRET", "whsec_not*base64");
@@ -195,7 +184,7 @@ const UNUSABLE_SECRET: (&str, &str) = ("DAY15_WEBHOOK_SECRET", "whsec_not*base64
 #[test]
 fn a_webhook_child_that_exits_during_start_up_is_a_failure_with_its_exit_status() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let port = free_port().expect("a free port").to_string();
     let mut vars = settings("sqlite", &port);
     vars.push(UNUSABLE_SECRET);
     let mut orchestrator = start(dir.path(), &vars);
@@ -219,7 +208,7 @@ fn a_webhook_child_that_exits_during_start_up_is_a_failure_with_its_exit_status(
 #[test]
 fn an_in_process_role_that_fails_is_restarted() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let port = free_port().expect("a free port").to_string();
     let mut vars = settings("memory", &port);
     vars.push(UNUSABLE_SECRET);
     let mut orchestrator = start(dir.path(), &vars);

@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{error_body, event, eventually, test_config, ServerHandle};
+use common::{error_body, event, test_config, ServerHandle};
 use pipeline_core::analytics::counters;
+use pipeline_core::testkit::wait::eventually;
 use serde_json::{json, Value};
 
 fn is_rfc3339(v: &Value) -> bool {
@@ -195,15 +196,19 @@ async fn stats_count_exactly_after_a_known_sequence_and_reach_the_backend() {
 
     // The same figures end up in the backend, where other processes read them.
     let backend = server.backend.clone();
-    let flushed = eventually(Duration::from_secs(5), || {
-        let backend = backend.clone();
-        async move {
-            let m = backend.metrics().await.unwrap();
-            m.counter(counters::RECEIVED) == 7 && m.counter(counters::REJECTED) == 2
-        }
-    })
+    eventually(
+        "local counters flushed to the backend",
+        Duration::from_secs(5),
+        || {
+            let backend = backend.clone();
+            async move {
+                let m = backend.metrics().await.unwrap();
+                (m.counter(counters::RECEIVED) == 7 && m.counter(counters::REJECTED) == 2)
+                    .then_some(())
+            }
+        },
+    )
     .await;
-    assert!(flushed, "local counters were not flushed to the backend");
     let again = server.get_json("/stats").await;
     assert_eq!(again["received"], 7, "counted once, not twice: {again}");
 }

@@ -2,21 +2,15 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pipeline_core::testkit::free_port;
+use pipeline_core::testkit::wait::{blocking, eventually};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_webhook");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The binary with a clean environment, run in `dir` (so no `config/.env` is picked up).
 fn webhook(dir: &Path, vars: &[(&str, &str)]) -> Command {
@@ -26,32 +20,6 @@ fn webhook(dir: &Path, vars: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-fn wait_for_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-async fn poll<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
 }
 
 struct KillOnDrop(Child);
@@ -67,7 +35,7 @@ impl Drop for KillOnDrop {
 async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("logs/pipeline.log");
-    let port = free_port().to_string();
+    let port = free_port().unwrap().to_string();
     let child = webhook(
         dir.path(),
         &[
@@ -84,12 +52,11 @@ async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
-    let healthy = poll(Duration::from_secs(15), || {
+    eventually("/health to answer 200", Duration::from_secs(15), || {
         let r = client.get(format!("{base}/health")).send();
-        async move { r.await.is_ok_and(|r| r.status() == 200) }
+        async move { r.await.is_ok_and(|r| r.status() == 200).then_some(()) }
     })
     .await;
-    assert!(healthy, "/health never answered 200");
 
     let event = json!({"event_id": "evt_bin_1", "event_type": "user_signup",
                        "timestamp": "2025-12-16T10:00:00Z"});
@@ -101,21 +68,28 @@ async fn the_binary_serves_logs_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(r.status(), 202);
 
-    let logged = poll(Duration::from_secs(5), || async {
-        std::fs::read_to_string(&log).is_ok_and(|text| {
-            text.lines().any(|l| {
-                l.contains(
-                    " - webhook - INFO - Event received: user_signup (evt_bin_1) - latency: ",
-                ) && l.ends_with("ms")
-            })
-        })
-    })
+    eventually(
+        &format!("an Event received line in {log:?}"),
+        Duration::from_secs(5),
+        || async {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|text| {
+                    text.lines().any(|l| {
+                        l.contains(
+                            " - webhook - INFO - Event received: user_signup (evt_bin_1) - latency: ",
+                        ) && l.ends_with("ms")
+                    })
+                })
+                .then_some(())
+        },
+    )
     .await;
-    assert!(logged, "no Event received line in {log:?}");
 
     kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
-    let code = wait_for_exit(&mut child.0, Duration::from_secs(10));
-    assert_eq!(code, Some(0));
+    let status = blocking::eventually("the webhook to exit", Duration::from_secs(10), || {
+        child.0.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("Webhook receiver listening on http://127.0.0.1:"),

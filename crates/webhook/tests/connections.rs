@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, test_config, ServerHandle};
+use common::{test_config, ServerHandle};
 use pipeline_core::config::Config;
+use pipeline_core::testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -204,15 +205,17 @@ async fn beyond_max_connections_a_new_connection_is_closed_at_once() {
     assert_eq!(health_on_fresh_connection(&address(&server)).await, None);
     drop(held.pop());
     let address = address(&server);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
+    eventually(
+        "/health to be answered on the freed slot",
+        Duration::from_secs(5),
+        || async {
             health_on_fresh_connection(&address)
                 .await
                 .is_some_and(|s| s.starts_with("HTTP/1.1 200 "))
-        })
-        .await,
-        "/health is not answered on the freed slot"
-    );
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Kills and reaps the child when dropped, so a failing test leaves no process behind.
@@ -257,42 +260,35 @@ fn accept_error_lines(log: &Path) -> Vec<String> {
 async fn out_of_file_descriptors_the_log_stays_quiet_and_health_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("pipeline.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pipeline_core::testkit::free_port().unwrap();
     let _webhook = webhook_with_few_fds(dir.path(), port, &log);
     let address = format!("127.0.0.1:{port}");
     let healthy = || async {
         health_on_fresh_connection(&address)
             .await
             .is_some_and(|s| s.contains(" 200 "))
+            .then_some(())
     };
-    assert!(
-        eventually(Duration::from_secs(10), healthy).await,
-        "the webhook does not start"
-    );
+    eventually("the webhook to start", Duration::from_secs(10), healthy).await;
 
     // More silent sockets than the process has descriptors.
     let mut silent = Vec::new();
     for _ in 0..150 {
         silent.push(TcpStream::connect(&address).await.unwrap());
     }
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            !accept_error_lines(&log).is_empty()
-        })
-        .await,
-        "the webhook never ran out of descriptors"
-    );
-    let flooded = Instant::now();
+    eventually(
+        "the webhook to run out of descriptors",
+        Duration::from_secs(5),
+        || async { (!accept_error_lines(&log).is_empty()).then_some(()) },
+    )
+    .await;
     // The deadline cuts the silent sockets off, freeing descriptors for real clients.
-    assert!(
-        eventually(Duration::from_secs(20), healthy).await,
-        "/health is not answered again after {:?}",
-        flooded.elapsed()
-    );
+    eventually(
+        "/health to be answered again after the flood",
+        Duration::from_secs(20),
+        healthy,
+    )
+    .await;
 
     // A few lines a second at most (each line carries the count of those not logged).
     let lines = accept_error_lines(&log);

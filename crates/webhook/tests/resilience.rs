@@ -5,8 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{error_body, event, eventually, test_config, ServerHandle};
+use common::{error_body, event, test_config, ServerHandle};
 use pipeline_core::backend::{Backend as _, BackendOptions, Settlement};
+use pipeline_core::testkit::wait::eventually;
 use pipeline_core::testkit::{FaultMode, FaultyBackend};
 use tokio_util::sync::CancellationToken;
 
@@ -85,20 +86,23 @@ async fn a_queue_above_the_limit_sheds_load_with_429_until_it_drains() {
     server.backend.settle(acks).await.unwrap();
     let client = server.client.clone();
     let url = server.url("/webhook/events");
-    let accepted = eventually(Duration::from_secs(5), || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let r = client
-                .post(url)
-                .json(&event("evt_q3"))
-                .send()
-                .await
-                .unwrap();
-            r.status() == 202
-        }
-    })
+    eventually(
+        "a 202 once the queue is drained",
+        Duration::from_secs(5),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client
+                    .post(url)
+                    .json(&event("evt_q3"))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status() == 202).then_some(())
+            }
+        },
+    )
     .await;
-    assert!(accepted);
 }
 
 #[tokio::test]
@@ -169,11 +173,12 @@ async fn shutdown_finishes_requests_in_flight() {
         tokio::spawn(async move { client.post(url).json(&event("evt_late")).send().await })
     };
     // Wait until the request is inside the backend call, then stop the server.
-    let depth_seen = eventually(Duration::from_secs(5), || async {
-        backend.inner.depths().await.unwrap().queue == 1
-    })
+    eventually(
+        "the request inside the backend call",
+        Duration::from_secs(5),
+        || async { (backend.inner.depths().await.unwrap().queue == 1).then_some(()) },
+    )
     .await;
-    assert!(depth_seen);
     server.stop().await.unwrap();
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 202);

@@ -1,8 +1,7 @@
 //! Test support: a tight configuration, event builders, a consumer running in-process on a
-//! memory backend, and polling with a deadline.
+//! memory backend, and the deadline its waits share.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use pipeline_core::backend::memory::MemoryBackend;
 use pipeline_core::backend::{Backend, BackendOptions, QueuedEvent};
 use pipeline_core::config::{Config, ConfigArgs};
 use pipeline_core::event::{Event, EventId};
+use pipeline_core::testkit::wait::eventually;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -114,29 +114,12 @@ impl Drop for RunningConsumer {
     }
 }
 
-/// Polls `check` until it holds, failing the test after [`DEADLINE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits until the backend counter `name` reaches `at_least`.
 pub async fn counter_reaches(backend: &Arc<MemoryBackend>, name: &str, at_least: u64) {
-    eventually(&format!("counter {name} >= {at_least}"), || async {
-        metrics(backend).await.counter(name) >= at_least
-    })
+    eventually(
+        &format!("counter {name} >= {at_least}"),
+        DEADLINE,
+        || async { (metrics(backend).await.counter(name) >= at_least).then_some(()) },
+    )
     .await;
 }

@@ -9,7 +9,7 @@
 //! `CI=true`, where a missing server is an error, so a CI run can never pass by skipping.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,8 @@ impl RedisServer {
         // then try another.
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = free_port()?;
+            let port =
+                super::free_port().map_err(|e| format!("no free port for redis-server: {e}"))?;
             let mut server = RedisServer {
                 port,
                 child: None,
@@ -180,15 +181,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("no free port for redis-server: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port for redis-server: {e}"))
 }
 
 /// Whether a server on `port` answers `PING` with `+PONG`.

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use pipeline_core::analytics::{counters, maps, Effect, Increment};
 use pipeline_core::backend::*;
 use pipeline_core::event::EventId;
+use pipeline_core::testkit::wait::eventually;
 
 /// Opens fresh, empty backends for a test. Two `open` calls share nothing unless the backend
 /// is meant to be shared (then they see the same queue).
@@ -102,22 +103,6 @@ fn ack(d: Delivery, with_effect: bool) -> Settlement {
 
 async fn counter(b: &Arc<dyn Backend>, name: &str) -> u64 {
     b.metrics().await.unwrap().counter(name)
-}
-
-/// Polls `check` until it returns `Some`, failing after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 pub async fn enqueue_accepts_then_reports_duplicates(h: &dyn Harness) {

@@ -245,7 +245,7 @@ async fn health_stays_200_and_fast_with_the_most_streams_open() {
         let took = started.elapsed();
         assert_eq!(r.status(), 200, "health check {i} with {max} streams open");
         assert!(
-            took < Duration::from_millis(400),
+            took < Duration::from_millis(500),
             "health check {i} took {took:?} with {max} streams open"
         );
         // Spread the checks over a few ticks of the streams.

@@ -515,6 +515,25 @@ fn dashboard_shows_what_was_sent_and_follows_new_events_without_a_reload() {
     assert_eq!(page["plans"]["pro"]["count"], "3", "{page:#}");
     assert_eq!(page["plans"]["pro"]["mrr_text"], "$139.97", "{page:#}");
 
+    // The page's Content-Security-Policy lets its own inline style sheet and style attributes
+    // apply (its inline script evidently runs: the figures above are its work).
+    let styled = tab.eval(
+        r#"(() => {
+          const sprite = document.querySelector('svg[width="0"]');
+          const header = document.querySelector('thead th[style]');
+          return {
+            sheet: getComputedStyle(document.body).fontSize,
+            sprite: sprite && getComputedStyle(sprite).position,
+            header: header && getComputedStyle(header).textAlign,
+          };
+        })()"#,
+    );
+    assert_eq!(
+        styled,
+        json!({"sheet": "14px", "sprite": "absolute", "header": "left"}),
+        "the page's own styles were blocked"
+    );
+
     // A marker in the document survives only if the page is never reloaded.
     tab.eval("window.__sameDocumentMarker = 'first load'");
     let updates_before = page["updates"].as_u64().expect("data-updates");

@@ -1,8 +1,10 @@
 //! Admin endpoints: `POST /dlq/replay` and `POST /dlq/purge` (docs/api.md).
 //!
 //! Both need `Authorization: Bearer $DAY15_ADMIN_TOKEN`. With no token configured they answer
-//! 403 whatever is sent, so an unconfigured install never exposes them. The token is compared
-//! as SHA-256 digests in constant time (`subtle`), which leaks neither its content nor length.
+//! 403 whatever is sent, so an unconfigured install never exposes them. `GET /dlq`, which shows
+//! event contents, needs the same token once one is configured (and stays open without one).
+//! The token is compared as SHA-256 digests in constant time (`subtle`), which leaks neither
+//! its content nor length.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
@@ -28,19 +30,34 @@ impl AppState {
         let Some(expected) = &self.inner.admin_token_digest else {
             return Err(ApiError::AdminDisabled);
         };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or(ApiError::Unauthorized)?;
-        if bool::from(digest(presented).ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+        check_bearer(headers, expected)
+    }
+
+    /// For reads of event contents (`GET /dlq`): open when no admin token is configured,
+    /// else 401 unless the bearer token matches.
+    pub(crate) fn authorize_reader(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.inner.admin_token_digest {
+            Some(expected) => check_bearer(headers, expected),
+            None => Ok(()),
         }
+    }
+}
+
+/// 401 unless `headers` carry `Authorization: Bearer <token>` whose digest is `expected`,
+/// compared in constant time.
+fn check_bearer(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(ApiError::Unauthorized)?;
+    if bool::from(digest(presented).ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
     }
 }
 

@@ -45,6 +45,7 @@ mod prometheus;
 mod read;
 mod server;
 pub mod signature;
+mod web_security;
 
 use error::ApiError;
 pub use ingest::{parse_batch, RefusedEvent};
@@ -212,7 +213,9 @@ pub(crate) async fn backend_call<T>(
 
 /// The whole HTTP API on `state`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let streams = dashboard::StreamHub::new(state.config().http.max_sse_clients);
+    let allowed_hosts = web_security::AllowedHosts::from_config(state.config());
+    let app = Router::new()
         .route("/webhook/events", post(ingest::post_event))
         .route("/webhook/batch", post(ingest::post_batch))
         .route("/health", get(read::health))
@@ -226,18 +229,30 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(streams))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
         // Outermost, so it also sees the timeout's bare 408.
-        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(json_errors));
+    // Before any handler, inside the body check so a refused POST's connection is closed.
+    let app = match allowed_hosts {
+        Some(allowed) => app.layer(axum::middleware::from_fn_with_state(
+            allowed,
+            web_security::allowed_hosts,
+        )),
+        None => app,
+    };
+    app
         // Sees every answer, routing errors included.
         .layer(axum::middleware::from_fn(body::close_when_body_unread))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track_request,
         ))
+        // Outermost: every answer, whoever made it, carries the headers.
+        .layer(axum::middleware::from_fn(web_security::security_headers))
         .with_state(state)
 }
 

@@ -6,7 +6,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
@@ -188,11 +188,14 @@ fn parse_param(
     }
 }
 
-/// `GET /dlq?limit=&offset=`: dead letters, oldest first.
+/// `GET /dlq?limit=&offset=`: dead letters, oldest first. They hold whole events (e-mail
+/// addresses and the like), so with DAY15_ADMIN_TOKEN set the bearer token is required (401).
 pub(crate) async fn dlq_list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<DlqParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    state.authorize_reader(&headers)?;
     let Query(params) = params.map_err(|e| {
         ApiError::bad_request("invalid_parameter", "", e.body_text(), e.body_text())
     })?;

@@ -30,6 +30,24 @@ async fn admin_post(
     r.send().await.unwrap()
 }
 
+/// `GET /dlq…` as the admin: the listing needs the token once one is configured.
+async fn admin_get(server: &ServerHandle, path_and_query: &str) -> reqwest::Response {
+    server
+        .client
+        .get(server.url(path_and_query))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`admin_get`], expecting a 200 JSON page.
+async fn dlq_page(server: &ServerHandle, path_and_query: &str) -> Value {
+    let r = admin_get(server, path_and_query).await;
+    assert_eq!(r.status(), 200, "GET {path_and_query}");
+    r.json().await.unwrap()
+}
+
 /// Posts an event and dead-letters it the way a consumer would.
 async fn dead_letter(server: &ServerHandle, id: &str) {
     assert_eq!(
@@ -98,7 +116,7 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     dead_letter(&server, "evt_dl_1").await;
     dead_letter(&server, "evt_dl_2").await;
 
-    let page = server.get_json("/dlq").await;
+    let page = dlq_page(&server, "/dlq").await;
     assert_eq!(page["total"], 2);
     assert_eq!(page["limit"], 50);
     assert_eq!(page["offset"], 0);
@@ -110,7 +128,7 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     assert_eq!(first["attempts"], 1);
     assert!(first["failed_at"].is_string());
 
-    let page = server.get_json("/dlq?limit=1&offset=1").await;
+    let page = dlq_page(&server, "/dlq?limit=1&offset=1").await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
     assert_eq!(page["entries"][0]["event_id"], "evt_dl_2");
     assert_eq!(page["total"], 2);
@@ -125,14 +143,14 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"replayed": 1}));
     assert_eq!(server.queue_depth().await, 1);
-    assert_eq!(server.get_json("/dlq").await["total"], 1);
+    assert_eq!(dlq_page(&server, "/dlq").await["total"], 1);
 
     let r = admin_post(&server, "/dlq/replay", Some(TOKEN), &json!({"all": true})).await;
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"replayed": 1}));
     assert_eq!(server.queue_depth().await, 2);
 
     dead_letter(&server, "evt_dl_3").await;
-    assert_eq!(server.get_json("/dlq").await["total"], 3);
+    assert_eq!(dlq_page(&server, "/dlq").await["total"], 3);
     let r = server
         .client
         .post(server.url("/dlq/purge"))
@@ -142,7 +160,7 @@ async fn dead_letters_can_be_listed_replayed_and_purged() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"purged": 3}));
-    let page = server.get_json("/dlq").await;
+    let page = dlq_page(&server, "/dlq").await;
     assert_eq!(page["total"], 0);
     assert_eq!(page["entries"], json!([]));
 }
@@ -157,7 +175,7 @@ async fn bad_dlq_parameters_and_replay_bodies_get_400() {
         "offset=-1",
         "offset=1.5",
     ] {
-        let r = server.get(&format!("/dlq?{query}")).await;
+        let r = admin_get(&server, &format!("/dlq?{query}")).await;
         assert_eq!(r.status(), 400, "{query}");
         error_body(r).await;
     }

@@ -100,6 +100,11 @@ pub struct HttpConfig {
     pub admin_token: Option<String>,
     /// Whether `GET /metrics` is served.
     pub metrics_enabled: bool,
+    /// Most dashboard streams open at once, so streams cannot exhaust the webhook's memory.
+    pub max_sse_clients: usize,
+    /// Host names (lowercase, no port, IPv6 without brackets) the webhook answers; empty =
+    /// any. Guards the dashboard against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What each consumer does with a batch: its size, its waits and its retries.

@@ -304,6 +304,28 @@ fn fault_hold_batch_defaults_to_never_and_is_range_checked() {
     assert_eq!(err.problems[0].allowed, "an integer from 0 to 1000000000");
 }
 
+#[test]
+fn allowed_hosts_are_normalised_and_ports_refused() {
+    assert!(Config::defaults().http.allowed_hosts.is_empty());
+    assert_eq!(Config::defaults().http.max_sse_clients, 100);
+    let c = load(
+        &no_file(),
+        &[(
+            "DAY15_ALLOWED_HOSTS",
+            " Dash.Example.com., localhost,[::1],10.0.0.7 ,",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.http.allowed_hosts,
+        ["dash.example.com", "localhost", "::1", "10.0.0.7"]
+    );
+    for bad in ["localhost:5015", "a b", "http://x", "user@host", "[::1]:80"] {
+        let err = load(&no_file(), &[("DAY15_ALLOWED_HOSTS", bad)]).unwrap_err();
+        assert_eq!(err.problems[0].name, "DAY15_ALLOWED_HOSTS", "{bad}");
+    }
+}
+
 /// A binary's command line, as the binaries flatten [`ConfigArgs`] into theirs.
 #[derive(Parser)]
 struct Cli {

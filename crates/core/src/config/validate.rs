@@ -278,6 +278,8 @@ impl Config {
                 signature_tolerance: v.duration("DAY15_SIGNATURE_TOLERANCE_SECONDS"),
                 admin_token: v.optional("DAY15_ADMIN_TOKEN"),
                 metrics_enabled: v.boolean("DAY15_METRICS_ENABLED"),
+                max_sse_clients: v.int("DAY15_MAX_SSE_CLIENTS"),
+                allowed_hosts: host_names(&v.text("DAY15_ALLOWED_HOSTS")),
             },
             consumer: ConsumerConfig {
                 batch_size: v.int("DAY15_BATCH_SIZE"),
@@ -301,6 +303,22 @@ impl Config {
             },
         }
     }
+}
+
+/// The entries of a host list, trimmed, lowercased, IPv6 brackets and a trailing dot removed,
+/// so they compare equal to a request's `Host` normalised the same way.
+fn host_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let bare = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            bare.trim_end_matches('.').to_ascii_lowercase()
+        })
+        .collect()
 }
 
 /// `redis://[:password@]host:port/db`, bracketing an IPv6 host and percent-encoding the password.

@@ -205,6 +205,26 @@ fn listen_host(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', ' '])
 }
 
+/// Empty is allowed (any host). Each entry is a name or an IP address without a port; an IPv6
+/// address may be bracketed.
+fn host_list(s: &str) -> bool {
+    s.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .all(|h| {
+            let bare = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            if bare.contains(':') {
+                bare.parse::<std::net::Ipv6Addr>().is_ok()
+            } else {
+                bare.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            }
+        })
+}
+
 /// Unset is allowed: the URL is then built from the host/port/db/password variables.
 fn redis_url(s: &str) -> bool {
     s.is_empty()
@@ -293,6 +313,8 @@ pub const ROWS: &[Variable] = &[
         "A connection idle this long with no request in flight is closed"),
     Variable::new(Limits, "DAY15_MAX_CONNECTIONS", Some("10000"), int(1, 1_000_000),
         "Most connections the webhook holds open; beyond it new ones are closed at once"),
+    Variable::new(Limits, "DAY15_MAX_SSE_CLIENTS", Some("100"), int(1, 100_000),
+        "Most open GET /analytics/stream connections (429 above); they all share one backend read a second"),
     Variable::new(Orchestrator, "DAY15_CONSUMERS", Some("1"), int(0, 256),
         "Consumer processes the orchestrator runs")
         .flag("consumers", "N"),
@@ -312,7 +334,10 @@ pub const ROWS: &[Variable] = &[
     Variable::new(Security, "DAY15_SIGNATURE_TOLERANCE_SECONDS", Some("300"), dur(Seconds, 1.0, 86_400.0),
         "Largest accepted distance between a signature's timestamp and now"),
     Variable::new(Security, "DAY15_ADMIN_TOKEN", None, text("any text", None),
-        "Bearer token for POST /dlq/replay and /dlq/purge; empty = those endpoints answer 403"),
+        "Bearer token for POST /dlq/replay and /dlq/purge, and for GET /dlq once set; empty = replay and purge answer 403, GET /dlq is open"),
+    Variable::new(Security, "DAY15_ALLOWED_HOSTS", None,
+        text("comma-separated host names or IP addresses, without ports", Some(host_list)),
+        "Host header names the webhook answers (421 otherwise, /health included; its own DAY15_WEBHOOK_HOST always works); empty = any"),
     Variable::new(Logs, "DAY15_LOG_LEVEL", Some("INFO"),
         Kind::OneOf {
             choices: &["DEBUG", "INFO", "WARNING", "ERROR"],

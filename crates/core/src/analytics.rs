@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::event::{Event, EventId, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
 use crate::latency::{self, Percentiles};
+use crate::logging::LogSafe;
 
 /// Names of the metric maps every backend stores.
 pub mod maps {
@@ -221,11 +222,13 @@ pub fn monthly_amount(amount: f64, billing_cycle: Option<&str>) -> f64 {
 /// What a handler logs for a known event, as the original did.
 pub fn describe(event: &Event) -> Option<String> {
     let meta = event.metadata();
+    // Metadata strings are the sender's and unbounded: cut and escaped as log values.
     let s = |k: &str| {
-        meta.and_then(|m| m.get(k))
+        let value = meta
+            .and_then(|m| m.get(k))
             .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string()
+            .unwrap_or("unknown");
+        LogSafe(value).to_string()
     };
     let user = event.user_id.as_deref().unwrap_or("anonymous");
     match event.event_type.as_str() {

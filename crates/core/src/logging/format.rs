@@ -228,6 +228,31 @@ impl PipelineFormat {
     }
 }
 
+impl PipelineFormat {
+    /// The JSON line for a record, newline included: the message and every field escaped as
+    /// in text (JSON escaping alone lets C1 controls, U+2028 and bidi characters through), the
+    /// message cut at [`MAX_RECORD_CHARS`] and each field at [`MAX_VALUE_CHARS`].
+    fn json_line(&self, timestamp: &str, level: &str, fields: &Fields) -> String {
+        let mut obj = serde_json::Map::new();
+        obj.insert("timestamp".into(), timestamp.into());
+        obj.insert("component".into(), self.component.clone().into());
+        obj.insert("level".into(), level.into());
+        obj.insert(
+            "message".into(),
+            escape(&fields.message, MAX_RECORD_CHARS).into(),
+        );
+        for (k, v) in &fields.rest {
+            obj.insert(
+                escape(k, MAX_VALUE_CHARS),
+                escape(v, MAX_VALUE_CHARS).into(),
+            );
+        }
+        let mut line = serde_json::Value::Object(obj).to_string();
+        line.push('\n');
+        line
+    }
+}
+
 impl<S, N> FormatEvent<S, N> for PipelineFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -258,23 +283,7 @@ where
                 );
                 writer.write_str(&self.text_line(&time, level, &fields))
             }
-            LogFormat::Json => {
-                let mut obj = serde_json::Map::new();
-                obj.insert("timestamp".into(), now.to_rfc3339().into());
-                obj.insert("component".into(), self.component.clone().into());
-                obj.insert("level".into(), level.into());
-                obj.insert(
-                    "message".into(),
-                    escape(&fields.message, MAX_RECORD_CHARS).into(),
-                );
-                for (k, v) in fields.rest {
-                    obj.insert(
-                        escape(&k, MAX_VALUE_CHARS),
-                        escape(&v, MAX_VALUE_CHARS).into(),
-                    );
-                }
-                writeln!(writer, "{}", serde_json::Value::Object(obj))
-            }
+            LogFormat::Json => writer.write_str(&self.json_line(&now.to_rfc3339(), level, &fields)),
         }
     }
 }
@@ -327,6 +336,39 @@ mod tests {
         // Exactly at the bound: nothing is cut.
         let exact = "a".repeat(MAX_VALUE_CHARS - 1);
         assert_eq!(escape(&exact, MAX_VALUE_CHARS), exact);
+    }
+
+    #[test]
+    fn a_json_line_is_escaped_and_bounded_too() {
+        let format = PipelineFormat {
+            component: "consumer".into(),
+            format: LogFormat::Json,
+        };
+        let fields = Fields {
+            message: format!(
+                "User signup: {FORGED}\u{1b}[31m\u{2028}{}",
+                "z".repeat(900_000)
+            ),
+            rest: vec![("user".into(), format!("\u{85}{}", "y".repeat(900_000)))],
+        };
+        let line = format.json_line("2025-12-16T19:30:15+00:00", "INFO", &fields);
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(
+            !line.contains('\u{1b}') && !line.contains("\\u001b"),
+            "{line:.200}"
+        );
+        assert!(!line.contains('\u{2028}') && !line.contains('\u{85}'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("User signup: x\\n2025-12-16 19:30:15,234"),
+            "{message:.100}"
+        );
+        assert!(message.contains("\\x1b[31m\\u{2028}"));
+        assert_eq!(message.chars().count(), MAX_RECORD_CHARS);
+        let user = v["user"].as_str().unwrap();
+        assert!(user.starts_with("\\x85yyy") && user.ends_with('…'));
+        assert_eq!(user.chars().count(), MAX_VALUE_CHARS);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::event::{
     Event, EventId, MAX_AMOUNT, MAX_COUNT, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
 };
 use crate::latency::{self, Percentiles};
+use crate::logging::LogSafe;
 use crate::stats::{json_number, json_percentiles};
 
 /// Names of the metric maps every backend stores.
@@ -224,11 +225,13 @@ pub fn monthly_amount(amount: f64, billing_cycle: Option<&str>) -> f64 {
 /// What a handler logs for a known event, as the original did.
 pub fn describe(event: &Event) -> Option<String> {
     let meta = event.metadata();
+    // Metadata strings are the sender's and unbounded: cut and escaped as log values.
     let s = |k: &str| {
-        meta.and_then(|m| m.get(k))
+        let value = meta
+            .and_then(|m| m.get(k))
             .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string()
+            .unwrap_or("unknown");
+        LogSafe(value).to_string()
     };
     let user = event.user_id.as_deref().unwrap_or("anonymous");
     match event.event_type.as_str() {

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::backend::{EnqueueOutcome, QueuedEvent};
 use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem, ValidationError};
+use pipeline_core::logging::LogSafe;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -290,7 +291,7 @@ async fn ingest_batch(
                 tracing::warn!(
                     "Event rejected: batch index {} ({}): {error}",
                     refused.index,
-                    refused.event_id.as_deref().unwrap_or("no event_id")
+                    LogSafe(refused.event_id.as_deref().unwrap_or("no event_id"))
                 );
                 error_details.push(BatchError {
                     index: refused.index,

@@ -147,6 +147,10 @@ pub struct LoggingConfig {
     /// Appended to by every process of the pipeline.
     pub file: PathBuf,
     pub format: LogFormat,
+    /// Size above which the file is rotated (0 = never), so the log cannot fill the disk.
+    pub max_bytes: u64,
+    /// Files kept by rotation, the current one included (at least 1).
+    pub max_files: u32,
 }
 
 /// Where the queue lives.

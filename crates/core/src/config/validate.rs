@@ -300,6 +300,8 @@ impl Config {
                 level,
                 file: PathBuf::from(v.text("DAY15_LOG_FILE")),
                 format,
+                max_bytes: v.int("DAY15_LOG_MAX_BYTES"),
+                max_files: v.int("DAY15_LOG_MAX_FILES"),
             },
         }
     }

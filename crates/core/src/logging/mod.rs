@@ -3,24 +3,26 @@
 //! Every record goes to stdout and is appended to `DAY15_LOG_FILE`, one line each, in the
 //! original's format: `2025-12-16 19:30:15,234 - webhook - INFO - message`. With
 //! `DAY15_LOG_FORMAT=json` each line is a JSON object instead. Both sinks are written by a
-//! background thread so request handlers never wait on disk or a slow terminal. The file is
-//! opened with `O_APPEND` and each line is handed to one `write`, so several processes can
-//! share one log file without tearing each other's lines.
+//! background thread so request handlers never wait on disk or a slow terminal.
+//!
+//! `format.rs` makes every record one escaped, bounded line whatever values it carries;
+//! `file.rs` is the private, shared, size-rotated log file.
 
-use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use chrono::{Datelike, Timelike};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+mod file;
+mod format;
+
+pub use file::{LogFile, Rotation};
+pub use format::{
+    escape, needs_escape, LogSafe, PipelineFormat, MAX_RECORD_CHARS, MAX_VALUE_CHARS,
+};
 
 use crate::config::{Config, LogFormat, LogLevel};
 
@@ -39,7 +41,7 @@ pub struct LogGuard {
 /// Where the background thread writes each formatted record: stdout and the log file.
 struct Sinks {
     stdout: BufWriter<std::io::Stdout>,
-    file: Option<BufWriter<std::fs::File>>,
+    file: Option<LogFile>,
 }
 
 impl Write for Sinks {
@@ -49,7 +51,7 @@ impl Write for Sinks {
     fn write(&mut self, record: &[u8]) -> std::io::Result<usize> {
         let _ = self.stdout.write_all(record);
         if let Some(file) = &mut self.file {
-            file.write_all(record)?;
+            file.write_record(record)?;
         }
         Ok(record.len())
     }
@@ -71,102 +73,6 @@ pub struct LoggingError {
     pub cause: String,
 }
 
-/// Formats one record as the original did, or as JSON.
-pub struct PipelineFormat {
-    /// Which process wrote the line (`webhook`, `consumer`, …).
-    pub component: String,
-    pub format: LogFormat,
-}
-
-fn level_name(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARNING",
-        Level::INFO => "INFO",
-        Level::DEBUG => "DEBUG",
-        Level::TRACE => "TRACE",
-    }
-}
-
-/// Collects a record's message and fields.
-#[derive(Default)]
-struct Fields {
-    message: String,
-    rest: Vec<(String, String)>,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message = value.to_string();
-        } else {
-            self.rest
-                .push((field.name().to_string(), value.to_string()));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
-        } else {
-            self.rest
-                .push((field.name().to_string(), format!("{value:?}")));
-        }
-    }
-}
-
-impl<S, N> FormatEvent<S, N> for PipelineFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let now = chrono::Local::now();
-        let level = level_name(event.metadata().level());
-        match self.format {
-            LogFormat::Text => {
-                // Written field by field: no strftime parsing, no intermediate line string.
-                write!(
-                    writer,
-                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02},{:03} - {} - {} - {}",
-                    now.year(),
-                    now.month(),
-                    now.day(),
-                    now.hour(),
-                    now.minute(),
-                    now.second(),
-                    now.timestamp_subsec_millis().min(999),
-                    self.component,
-                    level,
-                    fields.message
-                )?;
-                for (k, v) in &fields.rest {
-                    write!(writer, " {k}={v}")?;
-                }
-                writeln!(writer)
-            }
-            LogFormat::Json => {
-                let mut obj = serde_json::Map::new();
-                obj.insert("timestamp".into(), now.to_rfc3339().into());
-                obj.insert("component".into(), self.component.clone().into());
-                obj.insert("level".into(), level.into());
-                obj.insert("message".into(), fields.message.into());
-                for (k, v) in fields.rest {
-                    obj.insert(k, v.into());
-                }
-                writeln!(writer, "{}", serde_json::Value::Object(obj))
-            }
-        }
-    }
-}
-
 fn filter(level: LogLevel) -> EnvFilter {
     let level = match level {
         LogLevel::Debug => "debug",
@@ -182,37 +88,43 @@ fn filter(level: LogLevel) -> EnvFilter {
 
 /// Installs the global subscriber for `component`, writing to stdout and the log file.
 pub fn init(component: &str, config: &Config) -> Result<LogGuard, LoggingError> {
-    init_with(
+    init_rotated(
         component,
         config.logging.level,
         config.logging.format,
         Some(&config.logging.file),
+        Rotation {
+            max_bytes: config.logging.max_bytes,
+            max_files: config.logging.max_files,
+        },
     )
 }
 
-/// As [`init`], with the file optional (`None` = stdout only).
+/// As [`init`], with the file optional (`None` = stdout only), rotated by the defaults.
 pub fn init_with(
     component: &str,
     level: LogLevel,
     format: LogFormat,
     file: Option<&Path>,
 ) -> Result<LogGuard, LoggingError> {
+    init_rotated(component, level, format, file, Rotation::default())
+}
+
+/// As [`init_with`], with the file rotated by `rotation`.
+pub fn init_rotated(
+    component: &str,
+    level: LogLevel,
+    format: LogFormat,
+    file: Option<&Path>,
+    rotation: Rotation,
+) -> Result<LogGuard, LoggingError> {
     let file = match file {
-        Some(path) if !path.as_os_str().is_empty() => {
-            let err = |cause: std::io::Error| LoggingError {
+        Some(path) if !path.as_os_str().is_empty() => Some(
+            LogFile::open(path, rotation, SINK_BUFFER).map_err(|cause| LoggingError {
                 path: path.display().to_string(),
                 cause: cause.to_string(),
-            };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(err)?;
-            }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(err)?;
-            Some(BufWriter::with_capacity(SINK_BUFFER, f))
-        }
+            })?,
+        ),
         _ => None,
     };
     // One background thread and one hand-over per record, whatever the number of sinks.

@@ -14,6 +14,11 @@ use serde::Serialize;
 use crate::event::{Event, EventId, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
 use crate::latency::{self, Percentiles};
 
+pub mod bounds;
+pub mod hll;
+
+pub use bounds::Bounds;
+
 /// Names of the metric maps every backend stores.
 pub mod maps {
     /// Pipeline-wide counters; fields are the names in [`super::counters`].

@@ -287,6 +287,8 @@ pub const ROWS: &[Variable] = &[
         "Largest request body the webhook reads (413 above)"),
     Variable::new(Limits, "DAY15_MAX_BATCH_EVENTS", Some("1000"), int(1, 100_000),
         "Most events in one POST /webhook/batch"),
+    Variable::new(Limits, "DAY15_MAX_DIMENSION_VALUES", Some("1000"), int(1, 1_000_000),
+        "Distinct values kept per analytics dimension (source, plan, ...); newer ones count as \"other\""),
     Variable::new(Orchestrator, "DAY15_CONSUMERS", Some("1"), int(0, 256),
         "Consumer processes the orchestrator runs")
         .flag("consumers", "N"),

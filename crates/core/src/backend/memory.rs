@@ -514,3 +514,44 @@ impl Backend for MemoryBackend {
         Ok(snapshot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn held_state_stays_within_the_bounds_however_many_users_arrive() {
+        let b = MemoryBackend::new(BackendOptions {
+            bounds: Bounds {
+                max_dimension_values: 3,
+                exact_distinct_users: 100,
+                top_users_tracked: 50,
+            },
+            ..BackendOptions::default()
+        });
+        for batch in 0..10 {
+            let mut incs = Vec::new();
+            for u in batch * 500..(batch + 1) * 500 {
+                incs.push(Increment::new(maps::USERS, format!("user_{u}"), 1.0));
+                incs.push(Increment::new(
+                    maps::USAGE_BY_USER,
+                    format!("user_{u}"),
+                    1.0,
+                ));
+                incs.push(Increment::new(
+                    maps::SIGNUPS_BY_SOURCE,
+                    format!("s{u}"),
+                    1.0,
+                ));
+            }
+            b.record(incs).await.unwrap();
+        }
+        let st = b.lock();
+        assert_eq!(st.users.exact.len(), 100);
+        assert_eq!(st.top_users.usage.len(), 50);
+        assert_eq!(st.top_users.order.len(), 50);
+        assert_eq!(st.metrics[maps::SIGNUPS_BY_SOURCE].len(), 4);
+        let usage: f64 = st.top_users.usage.values().sum();
+        assert_eq!(usage, 5_000.0, "inherited counts keep the total");
+    }
+}

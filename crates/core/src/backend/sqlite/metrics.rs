@@ -224,3 +224,68 @@ fn distinct_users(c: &Connection) -> StoreResult<u64> {
     }
     Ok(hll.estimate().max(exact))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::Increment;
+
+    /// What the file holds after 5,000 distinct users, each with some usage, under small bounds.
+    #[test]
+    fn stored_rows_stay_within_the_bounds_however_many_users_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bounded.sqlite3");
+        let mut c = Connection::open(&path).unwrap();
+        super::super::schema::migrate(&mut c, &path).unwrap();
+        let ctx = Ctx {
+            now: 0,
+            lease_ms: 1_000,
+            ttl_ms: 1_000,
+            path: &path,
+            bounds: Bounds {
+                max_dimension_values: 3,
+                exact_distinct_users: 100,
+                top_users_tracked: 50,
+            },
+        };
+        for batch in 0..10 {
+            let mut incs = Vec::new();
+            for u in batch * 500..(batch + 1) * 500 {
+                incs.push(Increment::new(maps::USERS, format!("user_{u}"), 1.0));
+                incs.push(Increment::new(
+                    maps::USAGE_BY_USER,
+                    format!("user_{u}"),
+                    1.0,
+                ));
+                incs.push(Increment::new(
+                    maps::SIGNUPS_BY_SOURCE,
+                    format!("s{u}"),
+                    1.0,
+                ));
+            }
+            // One transaction per batch, as the writer runs it.
+            let tx = c.transaction().unwrap();
+            add_metrics(&tx, &ctx, &Sums::of(&incs)).unwrap();
+            tx.commit().unwrap();
+        }
+        let rows = |map: &str| map_size(&c, map).unwrap();
+        assert_eq!(rows(maps::USERS), 100);
+        assert_eq!(rows(maps::USAGE_BY_USER), 50);
+        assert_eq!(rows(maps::SIGNUPS_BY_SOURCE), 4);
+        let registers: i64 = c
+            .query_row("SELECT count(*) FROM distinct_users_hll", [], |r| r.get(0))
+            .unwrap();
+        assert!(registers <= hll::REGISTERS as i64 + 1, "{registers}");
+        let m = metrics(&c).unwrap();
+        let n = m.distinct_users as f64;
+        assert!((n - 5_000.0).abs() / 5_000.0 < 0.03, "{n}");
+        let usage: f64 = c
+            .query_row(
+                "SELECT sum(value) FROM metrics WHERE map = ?1",
+                [maps::USAGE_BY_USER],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(usage, 5_000.0, "inherited counts keep the total");
+    }
+}

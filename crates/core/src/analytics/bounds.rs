@@ -79,6 +79,13 @@ pub fn always_named(map: &str, field: &str) -> bool {
             && KNOWN_TYPES.contains(&field))
 }
 
+/// Every field of `map` that is [`always_named`]: a map's named count is its size minus those
+/// it holds, found without reading all its fields.
+pub fn always_named_fields(map: &str) -> impl Iterator<Item = &'static str> {
+    let typed = map == maps::EVENTS_BY_TYPE || map.starts_with(maps::PER_MINUTE_PREFIX);
+    std::iter::once(OTHER).chain(KNOWN_TYPES.into_iter().filter(move |_| typed))
+}
+
 /// The cap decision for one dimension map within one atomic step.
 #[derive(Debug, Clone)]
 pub struct DimensionCap {

@@ -67,10 +67,10 @@ impl State {
                     let stored = self.metrics.entry(map.to_string()).or_default();
                     let field = if bounds::is_capped(map) {
                         let cap = caps.entry(map).or_insert_with(|| {
-                            let named = stored
-                                .keys()
-                                .filter(|f| !bounds::always_named(map, f))
-                                .count();
+                            let named = stored.len()
+                                - bounds::always_named_fields(map)
+                                    .filter(|f| stored.contains_key(*f))
+                                    .count();
                             DimensionCap::new(named, bounds)
                         });
                         cap.target(map, field, stored.contains_key(field))

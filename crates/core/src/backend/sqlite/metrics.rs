@@ -52,13 +52,11 @@ pub(super) fn add_metrics(c: &Connection, ctx: &Ctx<'_>, sums: &Sums<'_>) -> Sto
     Ok(())
 }
 
-/// Fields of `map` that take a slot under its cap.
+/// Fields of `map` that take a slot under its cap (an index count, not a read of each field).
 fn named_fields(c: &Connection, map: &str) -> StoreResult<usize> {
-    let mut fields = c.prepare_cached("SELECT field FROM metrics WHERE map = ?1")?;
-    let mut rows = fields.query([map])?;
-    let mut named = 0;
-    while let Some(row) = rows.next()? {
-        named += usize::from(!bounds::always_named(map, &row.get::<_, String>(0)?));
+    let mut named = map_size(c, map)?;
+    for field in bounds::always_named_fields(map) {
+        named -= usize::from(has_field(c, map, field)?);
     }
     Ok(named)
 }

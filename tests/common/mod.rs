@@ -210,6 +210,9 @@ impl Pipeline {
             ("DAY15_RETRY_DELAY_SECONDS", "0.05".to_string()),
             ("DAY15_VISIBILITY_TIMEOUT_SECONDS", "2".to_string()),
             ("DAY15_SHUTDOWN_TIMEOUT_SECONDS", "10".to_string()),
+            // The load checks count each event under its own feature name (one value per
+            // event id), so every id must keep its name rather than become "other".
+            ("DAY15_MAX_DIMENSION_VALUES", "1000000".to_string()),
         ]);
         Pipeline {
             dir,

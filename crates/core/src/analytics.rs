@@ -18,6 +18,11 @@ use crate::latency::{self, Percentiles};
 use crate::logging::LogSafe;
 use crate::stats::{json_number, json_percentiles};
 
+pub mod bounds;
+pub mod hll;
+
+pub use bounds::Bounds;
+
 /// Names of the metric maps every backend stores.
 pub mod maps {
     /// Pipeline-wide counters; fields are the names in [`super::counters`].

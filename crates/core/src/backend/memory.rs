@@ -4,7 +4,8 @@
 //! trait method is atomic exactly like one SQLite transaction or one Lua script. Nothing
 //! survives the process.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +14,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::analytics::{add_to_maps, counters, maps, Maps};
+use crate::analytics::bounds::{self, DimensionCap};
+use crate::analytics::hll::Hll;
+use crate::analytics::{counters, maps, Bounds, MapShape, Maps, Sums, TOP_USERS};
 
 /// One queued event.
 struct Entry {
@@ -39,7 +42,12 @@ struct State {
     /// (due ms, key) of entries waiting for a retry.
     delayed: BTreeSet<(i64, u64)>,
     dlq: Vec<DeadLetter>,
+    /// Every summed map (the distinct and ranked ones are below).
     metrics: Maps,
+    /// Distinct users: exact while small, then estimated.
+    users: DistinctUsers,
+    /// Usage per user, bounded top-K.
+    top_users: TopUsers,
     next_key: u64,
     next_token: u64,
     /// When expired id marks are next swept (epoch ms).
@@ -47,8 +55,32 @@ struct State {
 }
 
 impl State {
-    fn add(&mut self, increments: &[Increment]) {
-        add_to_maps(&mut self.metrics, increments);
+    /// Adds increments under the analytics [`Bounds`], decided here under the lock.
+    fn add(&mut self, increments: &[Increment], bounds: &Bounds) {
+        let sums = Sums::of(increments);
+        let mut caps: HashMap<&str, DimensionCap> = HashMap::new();
+        for (map, field, by) in bounds::in_order(&sums) {
+            match MapShape::of(map) {
+                MapShape::Distinct => self.users.insert(field, bounds),
+                MapShape::Ranked => self.top_users.add(field, by, bounds),
+                MapShape::Summed => {
+                    let stored = self.metrics.entry(map.to_string()).or_default();
+                    let field = if bounds::is_capped(map) {
+                        let cap = caps.entry(map).or_insert_with(|| {
+                            let named = stored.len()
+                                - bounds::always_named_fields(map)
+                                    .filter(|f| stored.contains_key(*f))
+                                    .count();
+                            DimensionCap::new(named, bounds)
+                        });
+                        cap.target(map, field, stored.contains_key(field))
+                    } else {
+                        field
+                    };
+                    *stored.entry(field.to_string()).or_insert(0.0) += by;
+                }
+            }
+        }
     }
 
     /// Adds one to each of the counters `names`.
@@ -123,6 +155,97 @@ impl State {
     fn release(&mut self, key: u64) -> Option<Entry> {
         self.unlease(key);
         self.entries.remove(&key)
+    }
+}
+
+/// Distinct users in bounded memory: the exact set until it is full, and a HyperLogLog fed
+/// with every user.
+#[derive(Default)]
+struct DistinctUsers {
+    /// The first [`Bounds::exact_distinct_users`] users.
+    exact: HashSet<String>,
+    /// Every user, for the estimate once `exact` is full.
+    estimate: Hll,
+}
+
+impl DistinctUsers {
+    fn insert(&mut self, user: &str, bounds: &Bounds) {
+        self.estimate.insert(user);
+        if self.exact.len() < bounds.exact_distinct_users && !self.exact.contains(user) {
+            self.exact.insert(user.to_string());
+        }
+    }
+
+    /// The exact count while the set is not full, else the estimate (never below the set).
+    fn count(&self, bounds: &Bounds) -> u64 {
+        let exact = self.exact.len() as u64;
+        if self.exact.len() < bounds.exact_distinct_users {
+            exact
+        } else {
+            self.estimate.estimate().max(exact)
+        }
+    }
+}
+
+/// One ranked user, ordered smallest first (ties: the name that ranks last first), so the
+/// first entry is the one a new user replaces.
+#[derive(Debug, Clone, PartialEq)]
+struct Ranked(f64, String);
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+/// Usage per user as a Space-Saving top-K: exact below K tracked users; at K a new user
+/// replaces the smallest entry and inherits its count.
+#[derive(Default)]
+struct TopUsers {
+    /// User -> usage.
+    usage: BTreeMap<String, f64>,
+    /// The same entries, ordered by usage.
+    order: BTreeSet<Ranked>,
+}
+
+impl TopUsers {
+    fn add(&mut self, user: &str, by: f64, bounds: &Bounds) {
+        let base = match self.usage.get(user) {
+            Some(&v) => {
+                self.order.remove(&Ranked(v, user.to_string()));
+                v
+            }
+            None if self.usage.len() < bounds.top_users_tracked.max(1) => 0.0,
+            None => match self.order.pop_first() {
+                Some(Ranked(v, evicted)) => {
+                    self.usage.remove(&evicted);
+                    v
+                }
+                None => 0.0,
+            },
+        };
+        self.usage.insert(user.to_string(), base + by);
+        self.order.insert(Ranked(base + by, user.to_string()));
+    }
+
+    /// The `n` largest, largest first.
+    fn top(&self, n: usize) -> Vec<(String, f64)> {
+        self.order
+            .iter()
+            .rev()
+            .take(n)
+            .map(|Ranked(v, u)| (u.clone(), *v))
+            .collect()
     }
 }
 
@@ -217,10 +340,13 @@ impl Backend for MemoryBackend {
                 out.push(EnqueueOutcome::Duplicate);
             }
         }
-        st.add(&[
-            Increment::new(maps::COUNTERS, counters::ACCEPTED, accepted),
-            Increment::new(maps::COUNTERS, counters::DUPLICATES, duplicates),
-        ]);
+        st.add(
+            &[
+                Increment::new(maps::COUNTERS, counters::ACCEPTED, accepted),
+                Increment::new(maps::COUNTERS, counters::DUPLICATES, duplicates),
+            ],
+            &self.options.bounds,
+        );
         if now >= st.next_prune {
             st.seen.retain(|_, exp| *exp > now);
             st.processed.retain(|_, exp| *exp > now);
@@ -288,7 +414,7 @@ impl Backend for MemoryBackend {
                             .is_some_and(|&exp| exp > now);
                         if !done {
                             st.processed.insert(effect.event_id.clone(), applied_until);
-                            st.add(&effect.increments);
+                            st.add(&effect.increments, &self.options.bounds);
                         }
                     }
                 }
@@ -376,11 +502,56 @@ impl Backend for MemoryBackend {
     }
 
     async fn record(&self, increments: Vec<Increment>) -> BackendResult<()> {
-        self.lock().add(&increments);
+        self.lock().add(&increments, &self.options.bounds);
         Ok(())
     }
 
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
-        Ok(StoredMetrics::from_maps(&self.lock().metrics))
+        let st = self.lock();
+        let mut snapshot = StoredMetrics::from_maps(&st.metrics);
+        snapshot.distinct_users = st.users.count(&self.options.bounds);
+        snapshot.top_users = st.top_users.top(TOP_USERS);
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn held_state_stays_within_the_bounds_however_many_users_arrive() {
+        let b = MemoryBackend::new(BackendOptions {
+            bounds: Bounds {
+                max_dimension_values: 3,
+                exact_distinct_users: 100,
+                top_users_tracked: 50,
+            },
+            ..BackendOptions::default()
+        });
+        for batch in 0..10 {
+            let mut incs = Vec::new();
+            for u in batch * 500..(batch + 1) * 500 {
+                incs.push(Increment::new(maps::USERS, format!("user_{u}"), 1.0));
+                incs.push(Increment::new(
+                    maps::USAGE_BY_USER,
+                    format!("user_{u}"),
+                    1.0,
+                ));
+                incs.push(Increment::new(
+                    maps::SIGNUPS_BY_SOURCE,
+                    format!("s{u}"),
+                    1.0,
+                ));
+            }
+            b.record(incs).await.unwrap();
+        }
+        let st = b.lock();
+        assert_eq!(st.users.exact.len(), 100);
+        assert_eq!(st.top_users.usage.len(), 50);
+        assert_eq!(st.top_users.order.len(), 50);
+        assert_eq!(st.metrics[maps::SIGNUPS_BY_SOURCE].len(), 4);
+        let usage: f64 = st.top_users.usage.values().sum();
+        assert_eq!(usage, 5_000.0, "inherited counts keep the total");
     }
 }

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::analytics::{Effect, Increment, StoredMetrics};
+use crate::analytics::{Bounds, Effect, Increment, StoredMetrics};
 use crate::config::{BackendKind, Config};
 use crate::event::EventId;
 
@@ -35,6 +35,9 @@ pub struct BackendOptions {
     pub visibility_timeout: Duration,
     /// How long an event id is remembered, for both the duplicate check and the applied check.
     pub idempotency_ttl: Duration,
+    /// How much analytics state senders can make the backend keep (dimension values,
+    /// distinct users counted exactly, users ranked); see [`crate::analytics::bounds`].
+    pub bounds: Bounds,
 }
 
 impl BackendOptions {
@@ -42,6 +45,10 @@ impl BackendOptions {
         BackendOptions {
             visibility_timeout: config.visibility_timeout,
             idempotency_ttl: config.idempotency_ttl,
+            bounds: Bounds {
+                max_dimension_values: config.max_dimension_values,
+                ..Bounds::default()
+            },
         }
     }
 }
@@ -51,6 +58,7 @@ impl Default for BackendOptions {
         BackendOptions {
             visibility_timeout: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            bounds: Bounds::default(),
         }
     }
 }

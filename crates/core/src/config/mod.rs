@@ -40,6 +40,9 @@ pub struct Config {
     /// How long an `event_id` is remembered for de-duplication (and, on SQLite and in memory,
     /// how long its applied-mark lives). Read by every backend.
     pub idempotency_ttl: Duration,
+    /// Named values kept per analytics dimension map; later new values count as `other`.
+    /// Read by every backend.
+    pub max_dimension_values: usize,
     /// Consumer processes (or tasks, on the memory backend) the orchestrator runs.
     pub consumers: usize,
     /// How long a stop waits for processes to finish before killing them.

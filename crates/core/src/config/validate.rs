@@ -255,6 +255,7 @@ impl Config {
             queue_backend,
             visibility_timeout: v.duration("DAY15_VISIBILITY_TIMEOUT_SECONDS"),
             idempotency_ttl: v.duration("DAY15_IDEMPOTENCY_TTL_HOURS"),
+            max_dimension_values: v.int("DAY15_MAX_DIMENSION_VALUES"),
             consumers: v.int("DAY15_CONSUMERS"),
             shutdown_timeout: v.duration("DAY15_SHUTDOWN_TIMEOUT_SECONDS"),
             sqlite: SqliteConfig {

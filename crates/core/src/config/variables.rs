@@ -315,6 +315,8 @@ pub const ROWS: &[Variable] = &[
         "Most connections the webhook holds open; beyond it new ones are closed at once"),
     Variable::new(Limits, "DAY15_MAX_SSE_CLIENTS", Some("100"), int(1, 100_000),
         "Most open GET /analytics/stream connections (429 above); they all share one backend read a second"),
+    Variable::new(Limits, "DAY15_MAX_DIMENSION_VALUES", Some("1000"), int(1, 1_000_000),
+        "Distinct values kept per analytics dimension (source, plan, ...); newer ones count as \"other\""),
     Variable::new(Orchestrator, "DAY15_CONSUMERS", Some("1"), int(0, 256),
         "Consumer processes the orchestrator runs")
         .flag("consumers", "N"),

@@ -7,12 +7,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use pipeline_core::analytics::{counters, maps, Effect, Increment};
+use pipeline_core::analytics::bounds::OTHER;
+use pipeline_core::analytics::{counters, maps, Bounds, Effect, Increment};
 use pipeline_core::backend::*;
 use pipeline_core::event::EventId;
 use pipeline_core::testkit::wait::eventually;
@@ -49,6 +50,10 @@ macro_rules! backend_conformance {
             stale_lease_never_settles_the_current_claim,
             second_handle_sees_the_same_queue,
             metrics_record_and_shape,
+            dimension_values_past_the_cap_count_as_other_exactly_once,
+            recorded_dimension_values_are_capped_too,
+            distinct_users_are_exact_up_to_the_limit_then_estimated,
+            top_users_are_exact_below_k_and_bounded_at_k,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -619,4 +624,241 @@ impl Harness for MemoryHarness {
             None => Arc::new(pipeline_core::backend::memory::MemoryBackend::new(options)),
         }
     }
+}
+
+/// Options with the analytics bounds `bounds` and a short lease.
+fn bounded(bounds: Bounds) -> BackendOptions {
+    BackendOptions {
+        visibility_timeout: Duration::from_millis(300),
+        bounds,
+        ..opts()
+    }
+}
+
+fn cap(n: usize) -> Bounds {
+    Bounds {
+        max_dimension_values: n,
+        ..Bounds::default()
+    }
+}
+
+/// Claims until `n` deliveries were collected.
+async fn claim_n(b: &Arc<dyn Backend>, n: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "only {} of {n} delivered",
+            got.len()
+        );
+        got.extend(claim(b, n - got.len(), 100).await);
+    }
+    got
+}
+
+/// The effect of a signup from `source` that also buys `plan` for `mrr`.
+fn dimension_effect(d: &Delivery, source: &str, plan: &str, mrr: f64) -> Effect {
+    Effect {
+        event_id: d.event_id.clone(),
+        increments: vec![
+            Increment::counter(counters::PROCESSED),
+            Increment::new(maps::SIGNUPS_BY_SOURCE, source, 1.0),
+            Increment::new(maps::SUBSCRIPTIONS_BY_PLAN, plan, 1.0),
+            Increment::new(maps::MRR_BY_PLAN, plan, mrr),
+            Increment::new(&maps::per_minute(7), format!("type_{source}"), 1.0),
+        ],
+    }
+}
+
+fn sum(m: &std::collections::BTreeMap<String, f64>) -> f64 {
+    m.values().sum()
+}
+
+pub async fn dimension_values_past_the_cap_count_as_other_exactly_once(h: &dyn Harness) {
+    let b = h.open(bounded(cap(3))).await;
+    let ids: Vec<String> = (1..=5).map(|i| format!("dim{i}")).collect();
+    b.enqueue(ids.iter().map(|id| ev(id)).collect())
+        .await
+        .unwrap();
+    // The first claim's lease runs out; the same five are delivered again.
+    let stale = claim_n(&b, 5).await;
+    let current = claim_n(&b, 5).await;
+    let settle = |ds: Vec<Delivery>| {
+        ds.into_iter()
+            .map(|d| {
+                let i: usize = d.event_id.as_str()[3..].parse().unwrap();
+                let effect =
+                    dimension_effect(&d, &format!("s{i}"), &format!("p{i}"), i as f64 * 10.0);
+                Settlement::Ack {
+                    delivery: d,
+                    effect: Some(effect),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    b.settle(settle(current)).await.unwrap();
+    // The batch settled again under the lost lease changes nothing.
+    b.settle(settle(stale)).await.unwrap();
+
+    // An existing value keeps its name past the cap; a new one is "other".
+    b.enqueue(vec![ev("dim1b"), ev("dim6")]).await.unwrap();
+    let late = claim_n(&b, 2).await;
+    let late: Vec<Settlement> = late
+        .into_iter()
+        .map(|d| {
+            let (source, plan, mrr) = if d.event_id.as_str() == "dim1b" {
+                ("s1", "p1", 1.0)
+            } else {
+                ("s6", "p6", 60.0)
+            };
+            let effect = dimension_effect(&d, source, plan, mrr);
+            Settlement::Ack {
+                delivery: d,
+                effect: Some(effect),
+            }
+        })
+        .collect();
+    b.settle(late).await.unwrap();
+
+    let m = b.metrics().await.unwrap();
+    assert_eq!(m.counter(counters::PROCESSED), 7);
+    let by_source = m.map(maps::SIGNUPS_BY_SOURCE);
+    let expected: std::collections::BTreeMap<String, f64> =
+        [("s1", 2.0), ("s2", 1.0), ("s3", 1.0), (OTHER, 3.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(by_source, expected);
+    let plans = m.map(maps::SUBSCRIPTIONS_BY_PLAN);
+    let mrr = m.map(maps::MRR_BY_PLAN);
+    assert_eq!(
+        plans.keys().collect::<Vec<_>>(),
+        mrr.keys().collect::<Vec<_>>(),
+        "plans and their MRR agree on which plans are other"
+    );
+    assert_eq!(sum(&plans), 7.0);
+    assert_eq!(sum(&mrr), 10.0 + 20.0 + 30.0 + 40.0 + 50.0 + 1.0 + 60.0);
+    assert_eq!(mrr[OTHER], 40.0 + 50.0 + 60.0);
+    let minute = m.map(&maps::per_minute(7));
+    assert_eq!(minute.len(), 4, "per-minute maps are capped: {minute:?}");
+    assert_eq!(sum(&minute), 7.0);
+}
+
+pub async fn recorded_dimension_values_are_capped_too(h: &dyn Harness) {
+    let b = h.open(bounded(cap(3))).await;
+    let mut incs: Vec<Increment> = (0..5)
+        .map(|i| Increment::new(maps::SIGNUPS_BY_COUNTRY, format!("c{i}"), 1.0))
+        .collect();
+    // Known event types are always counted by name, however many junk types came first.
+    incs.extend((0..5).map(|i| Increment::new(maps::EVENTS_BY_TYPE, format!("junk{i}"), 1.0)));
+    b.record(incs).await.unwrap();
+    b.record(vec![
+        Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 2.0),
+        Increment::new(maps::LATENCY_INGEST, "1", 1.0),
+        Increment::new(maps::LATENCY_INGEST, "2", 1.0),
+        Increment::new(maps::LATENCY_INGEST, "3", 1.0),
+        Increment::new(maps::LATENCY_INGEST, "4", 1.0),
+    ])
+    .await
+    .unwrap();
+    let m = b.metrics().await.unwrap();
+    let countries = m.map(maps::SIGNUPS_BY_COUNTRY);
+    assert_eq!(countries.len(), 4, "{countries:?}");
+    assert_eq!(countries[OTHER], 2.0);
+    assert_eq!(sum(&countries), 5.0);
+    let types = m.map(maps::EVENTS_BY_TYPE);
+    assert_eq!(types["user_signup"], 2.0);
+    assert_eq!(types[OTHER], 2.0);
+    assert_eq!(sum(&types), 7.0);
+    assert_eq!(
+        m.map(maps::LATENCY_INGEST).len(),
+        4,
+        "histograms are not capped"
+    );
+}
+
+pub async fn distinct_users_are_exact_up_to_the_limit_then_estimated(h: &dyn Harness) {
+    let b = h
+        .open(bounded(Bounds {
+            exact_distinct_users: 100,
+            ..Bounds::default()
+        }))
+        .await;
+    let users = |range: std::ops::Range<usize>| {
+        range
+            .map(|u| Increment::new(maps::USERS, format!("user_{u}"), 1.0))
+            .collect::<Vec<_>>()
+    };
+    b.record(users(0..60)).await.unwrap();
+    b.record(users(30..100)).await.unwrap();
+    assert_eq!(b.metrics().await.unwrap().distinct_users, 100);
+    b.record(users(0..100)).await.unwrap();
+    assert_eq!(b.metrics().await.unwrap().distinct_users, 100);
+    // One more user through a settle: past the exact set, the count is an estimate.
+    b.enqueue(vec![ev("user-event")]).await.unwrap();
+    let d = claim_n(&b, 1).await.remove(0);
+    let effect = Effect {
+        event_id: d.event_id.clone(),
+        increments: vec![Increment::new(maps::USERS, "user_100", 1.0)],
+    };
+    b.settle(vec![Settlement::Ack {
+        delivery: d,
+        effect: Some(effect),
+    }])
+    .await
+    .unwrap();
+    let n = b.metrics().await.unwrap().distinct_users;
+    assert!((100..=104).contains(&n), "101 users counted as {n}");
+    for from in (101..5_000).step_by(500) {
+        b.record(users(from..(from + 500).min(5_000)))
+            .await
+            .unwrap();
+    }
+    let n = b.metrics().await.unwrap().distinct_users as f64;
+    assert!(
+        (n - 5_000.0).abs() / 5_000.0 < 0.03,
+        "5,000 users estimated as {n}"
+    );
+}
+
+pub async fn top_users_are_exact_below_k_and_bounded_at_k(h: &dyn Harness) {
+    let b = h
+        .open(bounded(Bounds {
+            top_users_tracked: 5,
+            ..Bounds::default()
+        }))
+        .await;
+    let usage = |user: &str, q: f64| vec![Increment::new(maps::USAGE_BY_USER, user, q)];
+    for (u, q) in [("u1", 10.0), ("u2", 20.0), ("u3", 30.0), ("u4", 40.0)] {
+        b.record(usage(u, q)).await.unwrap();
+    }
+    b.record(usage("u2", 1.0)).await.unwrap();
+    let top = b.metrics().await.unwrap().top_users;
+    let owned = |v: &[(&str, f64)]| {
+        v.iter()
+            .map(|(u, q)| (u.to_string(), *q))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        top,
+        owned(&[("u4", 40.0), ("u3", 30.0), ("u2", 21.0), ("u1", 10.0)]),
+        "exact below K"
+    );
+    b.record(usage("u5", 5.0)).await.unwrap();
+    // Full: a new user replaces the smallest (u5, 5) and inherits its count.
+    b.record(usage("u6", 1.0)).await.unwrap();
+    b.record(usage("u4", 2.0)).await.unwrap();
+    let top = b.metrics().await.unwrap().top_users;
+    assert_eq!(
+        top,
+        owned(&[
+            ("u4", 42.0),
+            ("u3", 30.0),
+            ("u2", 21.0),
+            ("u1", 10.0),
+            ("u6", 6.0)
+        ]),
+        "bounded at K"
+    );
 }

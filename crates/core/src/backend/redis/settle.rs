@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use super::error::{bounded, CallError};
-use super::metrics::MINUTE_MAP_TTL_SECS;
+use super::metrics::{bounds_arg, MINUTE_MAP_TTL_SECS};
 use super::{keys, RedisBackend};
-use crate::analytics::{counting, maps, Sums};
+use crate::analytics::{bounds, counting, maps, Sums};
 use crate::backend::{epoch_millis, BackendResult, Lease, Settlement};
 
 impl RedisBackend {
@@ -83,6 +83,7 @@ impl RedisBackend {
             .arg(maps::COUNTERS)
             .arg(counting::RETRY.join(" "))
             .arg(counting::DEAD_LETTER.join(" "))
+            .arg(bounds_arg(&self.options.bounds))
             .arg(groups.len());
         for g in &groups {
             inv.arg(g.consumer)
@@ -94,7 +95,8 @@ impl RedisBackend {
             }
         }
         inv.arg(sums.len());
-        for (map, field, by) in sums.iter() {
+        // In decision order: the script decides new dimension values in the order it reads.
+        for (map, field, by) in bounds::in_order(&sums) {
             inv.arg(map).arg(field).arg(by);
         }
         for s in settlements {

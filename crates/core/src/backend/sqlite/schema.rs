@@ -2,17 +2,22 @@
 //!
 //! Every row that carries a guarantee lives here: the queue with its lease columns
 //! (`visible_at`, `claim_token`), the idempotency marks (`seen`), the applied marks
-//! (`processed`), the dead letters and the aggregates (`metrics`).
+//! (`processed`), the dead letters and the aggregates (`metrics`, and since version 2 the
+//! HyperLogLog registers of the distinct-user count, `distinct_users_hll`).
 
 use std::path::Path;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::error::classify;
 use crate::backend::{BackendError, BackendResult};
 
 /// The schema this build writes; files from a newer build are refused, older ones migrated.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The row of `distinct_users_hll` (not a register) whose presence says the exact user set
+/// was full and left a user out: from then on the distinct count is the estimate.
+pub(super) const DISTINCT_USERS_FULL: i64 = -1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -54,6 +59,41 @@ CREATE INDEX IF NOT EXISTS metrics_top_users ON metrics(value DESC, field)
     WHERE map = 'usage_by_user';
 ";
 
+/// Added by version 2: the registers of the distinct-user HyperLogLog (register -> highest
+/// rank seen), plus the [`DISTINCT_USERS_FULL`] mark.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS distinct_users_hll (
+    register INTEGER PRIMARY KEY,
+    rank INTEGER NOT NULL
+);
+";
+
+/// Feeds the users a version-1 file counted exactly to the new registers, so the estimate
+/// covers them once the exact set is full.
+fn seed_registers(tx: &Connection) -> rusqlite::Result<()> {
+    let mut hll = crate::analytics::hll::Hll::new();
+    let mut seen = false;
+    {
+        let mut users = tx.prepare("SELECT field FROM metrics WHERE map = ?1")?;
+        let mut rows = users.query([crate::analytics::maps::USERS])?;
+        while let Some(row) = rows.next()? {
+            hll.insert(&row.get::<_, String>(0)?);
+            seen = true;
+        }
+    }
+    if !seen {
+        return Ok(());
+    }
+    let mut raise = tx.prepare(
+        "INSERT INTO distinct_users_hll (register, rank) VALUES (?1, ?2)
+         ON CONFLICT (register) DO UPDATE SET rank = max(rank, excluded.rank)",
+    )?;
+    for (register, rank) in hll.registers() {
+        raise.execute(params![register as i64, rank])?;
+    }
+    Ok(())
+}
+
 /// Puts a fresh or older file on [`SCHEMA_VERSION`], refusing files from a newer build.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
     let step = |what: &str, e: rusqlite::Error| classify(path, what, e.into());
@@ -84,6 +124,11 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
     if version < SCHEMA_VERSION {
         tx.execute_batch(SCHEMA)
             .map_err(|e| step("create schema", e))?;
+        tx.execute_batch(SCHEMA_V2)
+            .map_err(|e| step("create schema", e))?;
+        if version < 2 {
+            seed_registers(&tx).map_err(|e| step("migrate distinct users", e))?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| step("write schema version", e))?;
     }
@@ -94,6 +139,54 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
 mod tests {
     use super::*;
     use crate::analytics::maps;
+
+    /// A file as version 1 left it: its schema, some exact users and the version mark.
+    fn version_one_file(path: &Path, users: usize) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        for u in 0..users {
+            c.execute(
+                "INSERT INTO metrics (map, field, value) VALUES (?1, ?2, 1)",
+                params![maps::USERS, format!("u{u}")],
+            )
+            .unwrap();
+        }
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+
+    #[test]
+    fn a_version_one_file_is_migrated_with_its_users_in_the_estimate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite3");
+        version_one_file(&path, 2_000);
+        let mut c = Connection::open(&path).unwrap();
+        migrate(&mut c, &path).unwrap();
+        let version: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut hll = crate::analytics::hll::Hll::new();
+        let mut q = c
+            .prepare("SELECT register, rank FROM distinct_users_hll")
+            .unwrap();
+        let rows = q
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap();
+        for row in rows {
+            let (register, rank) = row.unwrap();
+            hll.raise(register as usize, rank as u8);
+        }
+        let e = hll.estimate() as f64;
+        assert!((e - 2_000.0).abs() / 2_000.0 < 0.03, "{e}");
+        let users: i64 = c
+            .query_row(
+                "SELECT count(*) FROM metrics WHERE map = ?1",
+                [maps::USERS],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(users, 2_000, "the exact users stay");
+    }
 
     #[test]
     fn the_top_users_index_covers_the_ranked_map() {

@@ -114,7 +114,7 @@ pub(super) fn settle(
             applied.extend(counted.iter().map(|name| Increment::counter(name)));
         }
     }
-    add_metrics(c, &Sums::of(&applied))?;
+    add_metrics(c, ctx, &Sums::of(&applied))?;
     Ok(requeued)
 }
 

@@ -22,7 +22,7 @@ use super::metrics::add_metrics;
 use super::schema::migrate;
 use super::settle::settle;
 use super::{now_millis, Reply};
-use crate::analytics::{maps, Increment, Sums, MINUTE_WINDOW};
+use crate::analytics::{maps, Bounds, Increment, Sums, MINUTE_WINDOW};
 use crate::backend::{
     BackendError, BackendOptions, BackendResult, Delivery, DlqSelection, EnqueueOutcome,
     QueuedEvent, Settlement,
@@ -87,6 +87,8 @@ pub(super) struct Ctx<'a> {
     pub(super) ttl_ms: i64,
     /// The file, named in every error.
     pub(super) path: &'a Path,
+    /// The analytics bounds every metric write applies.
+    pub(super) bounds: Bounds,
 }
 
 impl WriteJob {
@@ -133,7 +135,7 @@ impl WriteJob {
             }
             WriteJob::Record { increments, reply } => {
                 let r = in_savepoint(tx, ctx, "record metrics", |c| {
-                    add_metrics(c, &Sums::of(&increments))
+                    add_metrics(c, ctx, &Sums::of(&increments))
                 });
                 (answer(reply, r), false)
             }
@@ -274,6 +276,7 @@ impl Writer {
             lease_ms: self.options.visibility_timeout.as_millis() as i64,
             ttl_ms: self.options.idempotency_ttl.as_millis() as i64,
             path: &self.path,
+            bounds: self.options.bounds,
         };
         let mut tx = match self
             .conn

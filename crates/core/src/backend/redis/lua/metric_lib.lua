@@ -1,12 +1,44 @@
 -- metric_lib.lua: shared prelude of settle.lua and record.lua (prepended to both).
 --
--- Increments are summed per (map, field) first, then written once each: one ZINCRBY per
--- field, (for per-minute maps) one EXPIRE per map and one SADD of all map names into the
--- registry.
+-- Increments are summed per (map, field) first, then written once each under the analytics
+-- bounds, decided inside the calling script (so atomically with what it settles):
+--   dimension maps      at most `cap` named fields; a new field past the cap is written to
+--                       `other` instead (fields that are always named never take a slot);
+--   the distinct map    every user is PFADDed to `<map key><hll suffix>`; the sorted set keeps
+--                       only the first `exact` users (ZADD NX);
+--   the ranked map      Space-Saving top-K: a tracked user is ZINCRBYed; a new one is added
+--                       while ZCARD < k, else it replaces the smallest entry (ZPOPMIN) with
+--                       that entry's score plus its own;
+--   any other map       one ZINCRBY per field.
+-- Then (for per-minute maps) one EXPIRE per map and one SADD of all map names into the
+-- registry. Fields are written in the order they were first added: the caller sends them
+-- sorted by map and field, so maps written together decide alike.
 --
 -- KEYS, ARGV: none of its own; the functions take what they need.
--- Returns nothing: defines new_metrics(), add_metric(acc, map, field, by) and
--- flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl_seconds).
+-- Returns nothing: defines decode_bounds(json), new_metrics(), add_metric(acc, map, field, by)
+-- and flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl_seconds, bounds).
+-- The bounds JSON: { cap, exact, k, users, ranked, hll_suffix, other, capped = [map names],
+-- minute_prefix, typed = [maps where the known types are always named], known = [types] }.
+
+local function as_set(list)
+  local set = {}
+  for _, v in ipairs(list) do
+    set[v] = true
+  end
+  return set
+end
+
+local function decode_bounds(json)
+  local b = cjson.decode(json)
+  b.capped_set = as_set(b.capped)
+  b.typed_set = as_set(b.typed)
+  b.known_set = as_set(b.known)
+  return b
+end
+
+local function starts_with(s, prefix)
+  return string.sub(s, 1, #prefix) == prefix
+end
 
 local function new_metrics()
   return { maps = {}, order = {} }
@@ -26,17 +58,97 @@ local function add_metric(acc, map, field, by)
   m.fields[field] = m.fields[field] + by
 end
 
-local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl)
+local function number(x)
+  return string.format('%.17g', x)
+end
+
+-- Whether `field` of dimension map `map` keeps its name without taking a slot.
+local function always_named(b, map, field)
+  if field == b.other then
+    return true
+  end
+  local typed = b.typed_set[map] or starts_with(map, b.minute_prefix)
+  return typed and b.known_set[field] == true
+end
+
+local function write_distinct(key, m, b)
+  local chunk = 1000 -- members per PFADD, well below Lua's unpack limit
+  for from = 1, #m.order, chunk do
+    redis.call('PFADD', key .. b.hll_suffix, unpack(m.order, from, math.min(from + chunk - 1, #m.order)))
+  end
+  local size = redis.call('ZCARD', key)
+  for _, field in ipairs(m.order) do
+    if size >= b.exact then
+      return
+    end
+    size = size + redis.call('ZADD', key, 'NX', 1, field)
+  end
+end
+
+local function write_ranked(key, m, b)
+  local tracked = redis.call('ZCARD', key)
+  for _, field in ipairs(m.order) do
+    local by = m.fields[field]
+    if redis.call('ZSCORE', key, field) then
+      redis.call('ZINCRBY', key, number(by), field)
+    elseif tracked < math.max(b.k, 1) then
+      redis.call('ZINCRBY', key, number(by), field)
+      tracked = tracked + 1
+    else
+      local smallest = redis.call('ZPOPMIN', key)
+      local inherited = 0
+      if #smallest == 2 then
+        inherited = tonumber(smallest[2])
+      end
+      redis.call('ZADD', key, number(inherited + by), field)
+    end
+  end
+end
+
+local function write_capped(key, map, m, b)
+  local named = redis.call('ZCARD', key)
+  if redis.call('ZSCORE', key, b.other) then
+    named = named - 1
+  end
+  if b.typed_set[map] or starts_with(map, b.minute_prefix) then
+    for _, t in ipairs(b.known) do
+      if redis.call('ZSCORE', key, t) then
+        named = named - 1
+      end
+    end
+  end
+  for _, field in ipairs(m.order) do
+    local target = field
+    if not always_named(b, map, field) and not redis.call('ZSCORE', key, field) then
+      if named < b.cap then
+        named = named + 1
+      else
+        target = b.other
+      end
+    end
+    redis.call('ZINCRBY', key, number(m.fields[field]), target)
+  end
+end
+
+local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl, b)
   if #acc.order == 0 then
     return
   end
   for _, map in ipairs(acc.order) do
     local m = acc.maps[map]
     local key = metric_prefix .. map
-    for _, field in ipairs(m.order) do
-      redis.call('ZINCRBY', key, string.format('%.17g', m.fields[field]), field)
+    if map == b.users then
+      write_distinct(key, m, b)
+    elseif map == b.ranked then
+      write_ranked(key, m, b)
+    elseif b.capped_set[map] or starts_with(map, b.minute_prefix) then
+      write_capped(key, map, m, b)
+    else
+      for _, field in ipairs(m.order) do
+        redis.call('ZINCRBY', key, number(m.fields[field]), field)
+      end
     end
-    if string.sub(map, 1, #minute_prefix) == minute_prefix then
+    if starts_with(map, minute_prefix) then
       redis.call('EXPIRE', key, minute_ttl)
     end
   end

@@ -8,7 +8,10 @@
 -- ARGV[2]  name of the distinct-count map (only its size is returned)
 -- ARGV[3]  name of the ranked map (only its top entries are returned)
 -- ARGV[4]  how many top entries of the ranked map
--- Returns  a flat array of pairs: map name, then either the size (distinct-count map) or an
+-- ARGV[5]  how many users the distinct-count map holds exactly at most
+-- ARGV[6]  suffix of the distinct-count map's HyperLogLog key
+-- Returns  a flat array of pairs: map name, then either the distinct count (the map's size
+--          while below ARGV[5], else the HyperLogLog's PFCOUNT, never below the size) or an
 --          array of field, score, field, score, … (ranked map: largest first).
 
 local out = {}
@@ -18,7 +21,11 @@ for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], name)
   elseif name == ARGV[2] then
     out[#out + 1] = name
-    out[#out + 1] = redis.call('ZCARD', key)
+    local size = redis.call('ZCARD', key)
+    if size >= tonumber(ARGV[5]) then
+      size = math.max(size, redis.call('PFCOUNT', key .. ARGV[6]))
+    end
+    out[#out + 1] = size
   elseif name == ARGV[3] then
     out[#out + 1] = name
     out[#out + 1] = redis.call('ZREVRANGE', key, 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')

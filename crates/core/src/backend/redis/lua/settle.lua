@@ -1,7 +1,8 @@
 -- settle.lua: settle a batch of deliveries in one atomic step.
 --
 -- Acks:        the batch's effects arrive summed per (map, field), not per event, so Redis does
---              one ZINCRBY per distinct field however large the batch. The pending-entries list
+--              one write per distinct field however large the batch (under the analytics
+--              bounds of ARGV[9], see metric_lib.lua). The pending-entries list
 --              is the applied mark: an entry is applied in the same step that acks it, and only
 --              while its lease is current (pending for the lease's consumer with the lease's
 --              delivery count; one XPENDING range per consumer checks that). If any acked entry
@@ -26,9 +27,11 @@
 -- ARGV[6]  counters map name
 -- ARGV[7]  the counters a retry adds one to, space-separated
 -- ARGV[8]  the counters a dead letter adds one to, space-separated
--- ARGV[9]  g = number of groups of acks, one per consumer, then per group: consumer, lowest
+-- ARGV[9]  the analytics bounds, JSON (see metric_lib.lua)
+-- ARGV[10] g = number of groups of acks, one per consumer, then per group: consumer, lowest
 --          and highest entry id of the group, n, then n × (entry id, lease delivery count)
--- then     m = number of summed increments, then m × (map, field, by), each (map, field) once
+-- then     m = number of summed increments, then m × (map, field, by), each (map, field) once,
+--          sorted by map, then field
 -- then     records, each starting with its kind:
 --   'R', entry id, lease consumer, lease delivery count, failures after this attempt, due ms
 --   'D', entry id, lease consumer, lease delivery count, attempts, failure reason, error
@@ -37,6 +40,7 @@
 local stream, retry, dlq, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group = ARGV[1]
 local counters = ARGV[6]
+local bounds = decode_bounds(ARGV[9])
 local chunk = 1000 -- entries per XPENDING/XACK/XDEL call, well below Lua's unpack limit
 
 -- Delivery counts of `consumer`'s pending entries from `first` to `last`.
@@ -57,8 +61,8 @@ end
 
 -- Every acked entry's lease must be current before anything is written.
 local acks, stale = {}, {}
-local i = 10
-for _ = 1, tonumber(ARGV[9]) do
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
   local consumer, first, last, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   i = i + 4
   local counts = pending_of(consumer, first, last)
@@ -76,28 +80,16 @@ if #stale > 0 then
   return stale
 end
 
--- The sums are distinct per (map, field) already: written as they come, no re-summing here.
+-- The sums are distinct per (map, field) already and in decision order: kept in that order.
 local m = tonumber(ARGV[i])
 i = i + 1
-local maps = {}
+local sums = new_metrics()
 for k = 0, m - 1 do
   local at = i + k * 3
-  local map = ARGV[at]
-  if not maps[map] then
-    maps[map] = true
-    maps[#maps + 1] = map
-  end
-  redis.call('ZINCRBY', ARGV[2] .. map, ARGV[at + 2], ARGV[at + 1])
+  add_metric(sums, ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]))
 end
 i = i + m * 3
-for _, map in ipairs(maps) do
-  if string.sub(map, 1, #ARGV[3]) == ARGV[3] then
-    redis.call('EXPIRE', ARGV[2] .. map, tonumber(ARGV[4]))
-  end
-end
-if #maps > 0 then
-  redis.call('SADD', registry, unpack(maps))
-end
+flush_metrics(sums, ARGV[2], registry, ARGV[3], tonumber(ARGV[4]), bounds)
 
 local metrics = new_metrics()
 
@@ -165,5 +157,5 @@ for from = 1, #done_ids, chunk do
   redis.call('XDEL', stream, unpack(done_ids, from, to))
 end
 
-flush_metrics(metrics, ARGV[2], registry, ARGV[3], tonumber(ARGV[4]))
+flush_metrics(metrics, ARGV[2], registry, ARGV[3], tonumber(ARGV[4]), bounds)
 return {}

@@ -25,7 +25,8 @@ use crate::error::ApiError;
 /// secret of several).
 #[derive(Debug)]
 pub struct SecretError {
-    error: standard_webhooks::SecretError,
+    /// `None` when the value holds no secret at all (only whitespace).
+    error: Option<standard_webhooks::SecretError>,
     /// `(position from 1, count)` when the variable holds several secrets.
     which: Option<(usize, usize)>,
 }
@@ -37,20 +38,23 @@ impl fmt::Display for SecretError {
             None => "DAY15_WEBHOOK_SECRET".to_string(),
         };
         match &self.error {
-            standard_webhooks::SecretError::NotBase64(e) => write!(
+            Some(standard_webhooks::SecretError::NotBase64(e)) => write!(
                 f,
                 "{name} starts with whsec_ but the rest is not valid base64: {e}"
             ),
-            standard_webhooks::SecretError::Empty => {
+            Some(standard_webhooks::SecretError::Empty) => {
                 write!(f, "{name} is empty after the whsec_ prefix")
             }
+            None => write!(f, "{name} holds only whitespace, no secret"),
         }
     }
 }
 
 impl std::error::Error for SecretError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
+        self.error
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -67,7 +71,7 @@ impl WebhookSecret {
         let pieces: Vec<&str> = secrets.split_whitespace().collect();
         if pieces.is_empty() {
             return Err(SecretError {
-                error: standard_webhooks::SecretError::Empty,
+                error: None,
                 which: None,
             });
         }
@@ -77,22 +81,12 @@ impl WebhookSecret {
             .enumerate()
             .map(|(i, piece)| {
                 Secret::parse(piece).map_err(|error| SecretError {
-                    error,
+                    error: Some(error),
                     which: (count > 1).then_some((i + 1, count)),
                 })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(WebhookSecret)
-    }
-
-    /// How many secrets are accepted.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Always false: a parsed secret list holds at least one secret.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -280,6 +274,76 @@ mod tests {
             message(v.verify(&h, b"{}", 1000)),
             "webhook-timestamp header is not valid"
         );
+    }
+
+    #[test]
+    fn several_secrets_are_each_accepted_and_a_bad_one_is_named_by_position() {
+        let v = SignatureVerifier::new(
+            WebhookSecret::parse(" old\tnew ").unwrap(),
+            Duration::from_secs(300),
+        );
+        for key in ["old", "new"] {
+            let sig = Secret::parse(key).unwrap().sign("m", 1000, b"{}");
+            let h = headers(&[
+                (ID_HEADER, b"m"),
+                (TIMESTAMP_HEADER, b"1000"),
+                (SIGNATURE_HEADER, sig.as_bytes()),
+            ]);
+            assert_eq!(v.verify(&h, b"{}", 1000).unwrap().id(), "m");
+        }
+        let sig = Secret::parse("old new").unwrap().sign("m", 1000, b"{}");
+        let h = headers(&[
+            (ID_HEADER, b"m"),
+            (TIMESTAMP_HEADER, b"1000"),
+            (SIGNATURE_HEADER, sig.as_bytes()),
+        ]);
+        assert_eq!(
+            message(v.verify(&h, b"{}", 1000)),
+            "no valid v1 signature in webhook-signature"
+        );
+        assert_eq!(
+            WebhookSecret::parse("ok whsec_ also-ok")
+                .unwrap_err()
+                .to_string(),
+            "DAY15_WEBHOOK_SECRET (secret 2 of 3) is empty after the whsec_ prefix"
+        );
+        assert_eq!(
+            WebhookSecret::parse(" \t ").unwrap_err().to_string(),
+            "DAY15_WEBHOOK_SECRET holds only whitespace, no secret"
+        );
+    }
+
+    #[test]
+    fn svix_names_are_read_when_the_standard_ones_are_absent() {
+        let (secret, v) = verifier();
+        let sig = secret.sign("m", 1000, b"{}");
+        let h = headers(&[
+            ("svix-id", b"m"),
+            ("svix-timestamp", b"1000"),
+            ("svix-signature", sig.as_bytes()),
+        ]);
+        assert_eq!(v.verify(&h, b"{}", 1000).unwrap().id(), "m");
+        // A malformed Svix header is named as sent.
+        let h = headers(&[("svix-id", b"m\xff")]);
+        assert_eq!(
+            message(v.verify(&h, b"{}", 1000)),
+            "svix-id header is not valid"
+        );
+    }
+
+    #[test]
+    fn the_delivery_mark_outlives_every_acceptable_timestamp() {
+        let (secret, v) = verifier();
+        // The id is signed and marked without its surrounding whitespace.
+        let sig = secret.sign("m", 1000, b"{}");
+        let h = headers(&[
+            (ID_HEADER, b" m "),
+            (TIMESTAMP_HEADER, b"1000"),
+            (SIGNATURE_HEADER, sig.as_bytes()),
+        ]);
+        let mark = v.verify(&h, b"{}", 1000).unwrap();
+        assert_eq!(mark.id(), "m");
+        assert_eq!(mark.ttl(), Duration::from_secs(601));
     }
 
     #[test]

@@ -323,6 +323,12 @@ mod tests {
             ("svix-signature", sig.as_bytes()),
         ]);
         assert_eq!(v.verify(&h, b"{}", 1000).unwrap().id(), "m");
+        let h = headers(&[
+            ("svix-id", b"m"),
+            ("svix-timestamp", b"1000"),
+            (SIGNATURE_HEADER, sig.as_bytes()),
+        ]);
+        assert_eq!(v.verify(&h, b"{}", 1000).unwrap().id(), "m");
         // A malformed Svix header is named as sent.
         let h = headers(&[("svix-id", b"m\xff")]);
         assert_eq!(

@@ -295,8 +295,9 @@ async fn a_failed_delivery_enqueue_leaves_no_mark() {
     let b = open_at(&path, BackendOptions::default()).await;
     let mark = || Some(DeliveryMark::new("msg_fail", Duration::from_secs(60)).unwrap());
     // Every queue insert fails, after the delivery mark was written in the same transaction.
-    let admin = rusqlite::Connection::open(&path).unwrap();
-    admin
+    // (Short-lived second connections, as another process would hold them.)
+    rusqlite::Connection::open(&path)
+        .unwrap()
         .execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON queue BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
         )
@@ -304,7 +305,10 @@ async fn a_failed_delivery_enqueue_leaves_no_mark() {
     b.enqueue_delivery(vec![ev("f1")], mark())
         .await
         .expect_err("the insert fails");
-    admin.execute_batch("DROP TRIGGER refuse;").unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TRIGGER refuse;")
+        .unwrap();
     assert_eq!(
         b.enqueue_delivery(vec![ev("f1")], mark()).await.unwrap(),
         [EnqueueOutcome::Accepted],

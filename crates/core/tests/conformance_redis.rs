@@ -227,3 +227,39 @@ async fn every_key_shares_the_prefix_hash_tag() {
     let ttl: i64 = ttl.trim().parse().unwrap();
     assert!(ttl > 0, "per-minute maps expire (TTL {ttl})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_enqueue_leaves_no_mark() {
+    let Some(h) = RedisHarness::start() else {
+        return;
+    };
+    let b = h.backend("failmark", BackendOptions::default()).await;
+    let mark = || Some(DeliveryMark::new("msg_fail", Duration::from_secs(60)).unwrap());
+    // The stream key holds a string, so the script's XADD fails half-way.
+    redis_cli(&h.server, &["DEL", "{failmark}:stream"]).await;
+    redis_cli(&h.server, &["SET", "{failmark}:stream", "not a stream"]).await;
+    b.enqueue_delivery(vec![ev("f1")], mark())
+        .await
+        .expect_err("the XADD fails");
+    let exists = redis_cli(&h.server, &["EXISTS", "{failmark}:delivery:msg_fail"]).await;
+    assert_eq!(
+        exists.trim(),
+        "0",
+        "a failed enqueue leaves no delivery mark"
+    );
+    // (The event's own duplicate mark, written before the XADD failed, is cleared too.)
+    redis_cli(
+        &h.server,
+        &["DEL", "{failmark}:stream", "{failmark}:seen:f1"],
+    )
+    .await;
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("f1")], mark()).await.unwrap(),
+        [EnqueueOutcome::Accepted],
+        "the retry of a failed delivery is stored"
+    );
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("f2")], mark()).await.unwrap(),
+        [EnqueueOutcome::DuplicateDelivery]
+    );
+}

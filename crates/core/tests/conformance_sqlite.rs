@@ -286,3 +286,35 @@ async fn a_failing_step_changes_nothing_and_leaves_other_work_alone() {
     );
     assert_eq!(b.depths().await.unwrap().queue, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_enqueue_leaves_no_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite3");
+    let b = open_at(&path, BackendOptions::default()).await;
+    let mark = || Some(DeliveryMark::new("msg_fail", Duration::from_secs(60)).unwrap());
+    // Every queue insert fails, after the delivery mark was written in the same transaction.
+    // (Short-lived second connections, as another process would hold them.)
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON queue BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .unwrap();
+    b.enqueue_delivery(vec![ev("f1")], mark())
+        .await
+        .expect_err("the insert fails");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TRIGGER refuse;")
+        .unwrap();
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("f1")], mark()).await.unwrap(),
+        [EnqueueOutcome::Accepted],
+        "the retry of a failed delivery is stored"
+    );
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("f2")], mark()).await.unwrap(),
+        [EnqueueOutcome::DuplicateDelivery]
+    );
+}

@@ -4,7 +4,10 @@
 //! A signed request carries three headers: [`ID_HEADER`], [`TIMESTAMP_HEADER`] (unix seconds)
 //! and [`SIGNATURE_HEADER`], a space-separated list of `v1,<base64 HMAC-SHA256(key,
 //! "{id}.{timestamp}.{body}")>`. Several signatures are allowed so a sender can rotate secrets
-//! without downtime; one valid signature is enough.
+//! without downtime; one valid signature is enough. A receiver rotates too: [`verify_any`]
+//! accepts a signature made with any of several secrets. Svix, whose scheme Standard Webhooks
+//! is, names the headers `svix-id`, `svix-timestamp` and `svix-signature`;
+//! [`Headers::from_fn_with_svix`] reads those when the standard names are absent.
 //!
 //! Guarantees: the MAC is computed over the raw body bytes exactly as received, before any
 //! parsing; signatures are compared in constant time (`hmac`'s `verify_slice`); a timestamp
@@ -28,6 +31,20 @@ pub const ID_HEADER: &str = "webhook-id";
 pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 /// One or more space-separated `v1,<base64>` signatures.
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// The Svix name of [`ID_HEADER`], sent by Svix-based senders.
+pub const SVIX_ID_HEADER: &str = "svix-id";
+/// The Svix name of [`TIMESTAMP_HEADER`].
+pub const SVIX_TIMESTAMP_HEADER: &str = "svix-timestamp";
+/// The Svix name of [`SIGNATURE_HEADER`].
+pub const SVIX_SIGNATURE_HEADER: &str = "svix-signature";
+
+/// Each standard header name with its Svix alias, in check order (id, timestamp, signature).
+pub const HEADER_ALIASES: [(&str, &str); 3] = [
+    (ID_HEADER, SVIX_ID_HEADER),
+    (TIMESTAMP_HEADER, SVIX_TIMESTAMP_HEADER),
+    (SIGNATURE_HEADER, SVIX_SIGNATURE_HEADER),
+];
 
 /// Prefix of a base64-encoded secret, as Standard Webhooks senders hand them out.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -89,6 +106,18 @@ impl<'a> Headers<'a> {
             id: get(ID_HEADER),
             timestamp: get(TIMESTAMP_HEADER),
             signature: get(SIGNATURE_HEADER),
+        }
+    }
+
+    /// Like [`Headers::from_fn`], but a header absent under its standard name is read under
+    /// its Svix alias; when both are present the standard name wins.
+    pub fn from_fn_with_svix(mut get: impl FnMut(&'static str) -> Option<&'a str>) -> Self {
+        let [id, timestamp, signature] =
+            HEADER_ALIASES.map(|(name, alias)| get(name).or_else(|| get(alias)));
+        Headers {
+            id,
+            timestamp,
+            signature,
         }
     }
 }
@@ -164,30 +193,53 @@ impl Secret {
         now_unix: i64,
         tolerance: Duration,
     ) -> Result<(), VerifyError> {
-        let id = present(ID_HEADER, headers.id)?;
-        let timestamp = present(TIMESTAMP_HEADER, headers.timestamp)?;
-        let signatures = present(SIGNATURE_HEADER, headers.signature)?;
+        verify_any(
+            std::slice::from_ref(self),
+            headers,
+            body,
+            now_unix,
+            tolerance,
+        )
+    }
+}
 
-        let sent_at: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
-        let skew = now_unix.saturating_sub(sent_at);
-        if skew.unsigned_abs() > tolerance.as_secs() {
-            return Err(VerifyError::OutsideTolerance {
-                skew_seconds: skew,
-                tolerance_seconds: tolerance.as_secs(),
-            });
-        }
+/// [`Secret::verify`] against several secrets, for a receiver rotating its secret: valid when
+/// any `v1` signature matches under any of `secrets` (each compared in constant time). The
+/// headers and timestamp are checked once, in the same order; with no secrets nothing matches.
+pub fn verify_any(
+    secrets: &[Secret],
+    headers: Headers<'_>,
+    body: &[u8],
+    now_unix: i64,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    let id = present(ID_HEADER, headers.id)?;
+    let timestamp = present(TIMESTAMP_HEADER, headers.timestamp)?;
+    let signatures = present(SIGNATURE_HEADER, headers.signature)?;
 
-        let expected = self.mac(id, timestamp, body);
-        let any_valid = signatures
-            .split_ascii_whitespace()
-            .filter_map(|entry| entry.strip_prefix(V1_PREFIX))
-            .filter_map(|b64| STANDARD.decode(b64).ok())
-            .any(|tag| expected.clone().verify_slice(&tag).is_ok());
-        if any_valid {
-            Ok(())
-        } else {
-            Err(VerifyError::NoMatchingSignature)
-        }
+    let sent_at: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let skew = now_unix.saturating_sub(sent_at);
+    if skew.unsigned_abs() > tolerance.as_secs() {
+        return Err(VerifyError::OutsideTolerance {
+            skew_seconds: skew,
+            tolerance_seconds: tolerance.as_secs(),
+        });
+    }
+
+    let tags: Vec<Vec<u8>> = signatures
+        .split_ascii_whitespace()
+        .filter_map(|entry| entry.strip_prefix(V1_PREFIX))
+        .filter_map(|b64| STANDARD.decode(b64).ok())
+        .collect();
+    let any_valid = secrets.iter().any(|secret| {
+        let expected = secret.mac(id, timestamp, body);
+        tags.iter()
+            .any(|tag| expected.clone().verify_slice(tag).is_ok())
+    });
+    if any_valid {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatchingSignature)
     }
 }
 
@@ -372,6 +424,62 @@ mod tests {
                 id: Some("webhook-id"),
                 timestamp: None,
                 signature: Some("webhook-signature"),
+            }
+        );
+    }
+
+    #[test]
+    fn a_receiver_with_several_secrets_accepts_any_of_them() {
+        let old = Secret::parse("old").unwrap();
+        let new = Secret::parse("new").unwrap();
+        let both = [old.clone(), new.clone()];
+        for signer in [&old, &new] {
+            let sig = signer.sign("m", 5, b"{}");
+            assert_eq!(
+                verify_any(&both, headers("m", "5", &sig), b"{}", 5, TOLERANCE),
+                Ok(())
+            );
+        }
+        let stranger = Secret::parse("stranger").unwrap().sign("m", 5, b"{}");
+        assert_eq!(
+            verify_any(&both, headers("m", "5", &stranger), b"{}", 5, TOLERANCE),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            verify_any(&[], headers("m", "5", &stranger), b"{}", 5, TOLERANCE),
+            Err(VerifyError::NoMatchingSignature)
+        );
+        // Header and timestamp checks come before any secret is tried.
+        assert_eq!(
+            verify_any(&both, headers("m", "5", &stranger), b"{}", 500, TOLERANCE),
+            Err(VerifyError::OutsideTolerance {
+                skew_seconds: 495,
+                tolerance_seconds: 300
+            })
+        );
+    }
+
+    #[test]
+    fn svix_names_are_read_only_where_the_standard_names_are_absent() {
+        let only_svix =
+            Headers::from_fn_with_svix(|name| name.starts_with("svix-").then_some(name));
+        assert_eq!(
+            only_svix,
+            Headers {
+                id: Some(SVIX_ID_HEADER),
+                timestamp: Some(SVIX_TIMESTAMP_HEADER),
+                signature: Some(SVIX_SIGNATURE_HEADER),
+            }
+        );
+        let mixed = Headers::from_fn_with_svix(|name| {
+            (name != TIMESTAMP_HEADER && name != SVIX_SIGNATURE_HEADER).then_some(name)
+        });
+        assert_eq!(
+            mixed,
+            Headers {
+                id: Some(ID_HEADER),
+                timestamp: Some(SVIX_TIMESTAMP_HEADER),
+                signature: Some(SIGNATURE_HEADER),
             }
         );
     }

@@ -2,11 +2,12 @@
 //!
 //! Each request goes through the same gate — JSON Content-Type, body limit, signature over the
 //! raw bytes, load shedding on the cached queue depth — before any parsing. Valid events get
-//! `received_at` and are stored with one [`Backend::enqueue`] call per request (a whole batch
-//! included), whose atomic idempotency decides accepted or duplicate. The answer is sent only
-//! after that call succeeded.
+//! `received_at` and are stored with one [`Backend::enqueue_delivery`] call per request (a whole
+//! batch included), whose atomic idempotency decides accepted or duplicate. A signed request
+//! carries the mark of its `webhook-id` into that call, so a replayed delivery is answered as a
+//! duplicate and stores nothing. The answer is sent only after that call succeeded.
 //!
-//! [`Backend::enqueue`]: pipeline_core::backend::Backend::enqueue
+//! [`Backend::enqueue_delivery`]: pipeline_core::backend::Backend::enqueue_delivery
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pipeline_core::backend::{EnqueueOutcome, QueuedEvent};
+use pipeline_core::backend::{DeliveryMark, EnqueueOutcome, QueuedEvent};
 use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem, ValidationError};
 use pipeline_core::logging::LogSafe;
 use serde::Serialize;
@@ -69,6 +70,11 @@ fn millis(elapsed: Duration) -> f64 {
     (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+/// The delivery id of a signed request, for log lines about it.
+fn delivery_id(mark: &Option<DeliveryMark>) -> String {
+    mark.as_ref().map(|m| m.id().to_owned()).unwrap_or_default()
+}
+
 /// The `event_id` a sender gave, for messages about an event that may be invalid.
 fn id_hint(value: &Value) -> Option<String> {
     value
@@ -92,21 +98,25 @@ impl AppState {
         error.into_response()
     }
 
-    /// The checks every ingest request passes before its body is parsed.
-    async fn admit(&self, request: Request) -> Result<Bytes, ApiError> {
+    /// The checks every ingest request passes before its body is parsed. Returns the body
+    /// and, for a signed request, the mark of its delivery id for the enqueue.
+    async fn admit(&self, request: Request) -> Result<(Bytes, Option<DeliveryMark>), ApiError> {
         let (parts, body) = request.into_parts();
         body::require_json(&parts.headers)?;
         let bytes =
             body::read_limited(&parts.headers, body, self.config().http.max_body_bytes).await?;
-        if let Some(verifier) = &self.inner.verifier {
-            verifier.verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())?;
-        }
+        let mark = match &self.inner.verifier {
+            Some(verifier) => {
+                Some(verifier.verify(&parts.headers, &bytes, chrono::Utc::now().timestamp())?)
+            }
+            None => None,
+        };
         let depth = self.inner.queue_depth.load(Ordering::Relaxed);
         let max = self.config().http.max_queue_depth;
         if depth > max {
             return Err(ApiError::Overloaded { depth, max });
         }
-        Ok(bytes)
+        Ok((bytes, mark))
     }
 
     /// Our own accepts count towards the cached depth at once; the background refresh then
@@ -132,7 +142,7 @@ async fn ingest_event(
     request: Request,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let bytes = state.admit(request).await?;
+    let (bytes, mark) = state.admit(request).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
     let hint = id_hint(&value);
     let mut event =
@@ -140,7 +150,8 @@ async fn ingest_event(
     event.stamp_received_at(chrono::Utc::now());
     let queued = QueuedEvent::of(&event);
 
-    let outcomes = backend_call(state.backend().enqueue(vec![queued])).await?;
+    let delivery = delivery_id(&mark);
+    let outcomes = backend_call(state.backend().enqueue_delivery(vec![queued], mark)).await?;
     let Some(&outcome) = outcomes.first() else {
         return Err(ApiError::Unavailable(
             "backend returned no outcome for the event".into(),
@@ -173,6 +184,18 @@ async fn ingest_event(
             let body = Ignored {
                 status: "ignored",
                 reason: "duplicate_event",
+                event_id: event.id.as_str(),
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        EnqueueOutcome::DuplicateDelivery => {
+            tracing::info!(
+                "Duplicate delivery ignored: {} (webhook-id {delivery})",
+                event.id
+            );
+            let body = Ignored {
+                status: "ignored",
+                reason: "duplicate_delivery",
                 event_id: event.id.as_str(),
             };
             (StatusCode::OK, Json(body)).into_response()
@@ -271,7 +294,7 @@ async fn ingest_batch(
     request: Request,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let bytes = state.admit(request).await?;
+    let (bytes, mark) = state.admit(request).await?;
     let judged = parse_batch(&bytes, state.config().http.max_batch_events)?;
     let total_events = judged.len();
 
@@ -302,10 +325,11 @@ async fn ingest_batch(
         }
     }
 
+    let delivery = delivery_id(&mark);
     let outcomes = if queued.is_empty() {
         Vec::new()
     } else {
-        backend_call(state.backend().enqueue(queued)).await?
+        backend_call(state.backend().enqueue_delivery(queued, mark)).await?
     };
     if outcomes.len() != kinds.len() {
         return Err(ApiError::Unavailable(format!(
@@ -327,6 +351,10 @@ async fn ingest_batch(
             EnqueueOutcome::Duplicate => {
                 duplicates += 1;
                 tracing::info!("Duplicate event ignored: {id}");
+            }
+            EnqueueOutcome::DuplicateDelivery => {
+                duplicates += 1;
+                tracing::info!("Duplicate delivery ignored: {id} (webhook-id {delivery})");
             }
         }
     }

@@ -15,8 +15,8 @@ use common::{error_body, test_config, ServerHandle};
 use pipeline_core::analytics::{Increment, StoredMetrics};
 use pipeline_core::backend::memory::MemoryBackend;
 use pipeline_core::backend::{
-    Backend, BackendOptions, BackendResult, DeadLetter, Delivery, Depths, DlqSelection,
-    EnqueueOutcome, QueuedEvent, Settlement,
+    Backend, BackendOptions, BackendResult, DeadLetter, Delivery, DeliveryMark, Depths,
+    DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
 use pipeline_core::config::Config;
 use pipeline_core::testkit::wait::eventually;
@@ -75,9 +75,13 @@ impl Backend for Instrumented {
         self.connection(false).await;
         self.inner.ping().await
     }
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>> {
         self.connection(false).await;
-        self.inner.enqueue(events).await
+        self.inner.enqueue_delivery(events, mark).await
     }
     async fn claim_batch(
         &self,

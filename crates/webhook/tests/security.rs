@@ -5,11 +5,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::{error_body, event, test_config, ServerHandle};
+use pipeline_core::backend::memory::MemoryBackend;
+use pipeline_core::backend::{Backend as _, BackendOptions};
 use serde_json::{json, Value};
 use standard_webhooks::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +96,7 @@ async fn a_captured_signature_replayed_with_another_body_gets_401_on_both_endpoi
     .await;
     assert_eq!(r.status(), 401, "padded body");
 
-    // Replaying the request exactly as captured changes nothing: it is a duplicate.
+    // Replaying the request exactly as captured changes nothing: its delivery was seen.
     let r = post_signed(
         &server,
         "/webhook/events",
@@ -106,7 +109,146 @@ async fn a_captured_signature_replayed_with_another_body_gets_401_on_both_endpoi
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.unwrap()["reason"],
-        "duplicate_event"
+        "duplicate_delivery"
+    );
+    assert_eq!(server.queue_depth().await, 1);
+}
+
+/// A server whose event ids are forgotten at once: what a captured request meets once its
+/// event ids' idempotency TTL has passed (the signature tolerance may be longer).
+async fn signed_server_forgetting_event_ids() -> (ServerHandle, Arc<MemoryBackend>) {
+    let backend = Arc::new(MemoryBackend::new(BackendOptions {
+        idempotency_ttl: Duration::ZERO,
+        ..BackendOptions::default()
+    }));
+    let mut config = test_config();
+    config.http.webhook_secret = Some(format!("whsec_{}", STANDARD.encode(KEY)));
+    let server = ServerHandle::start_on(config, backend.clone()).await;
+    (server, backend)
+}
+
+#[tokio::test]
+async fn a_captured_request_replayed_after_its_event_ttl_is_a_duplicate_delivery() {
+    let (server, backend) = signed_server_forgetting_event_ids().await;
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let body = event("evt_replayed").to_string().into_bytes();
+    let signature = sign("msg_replayed", &ts, &body);
+    let send = || {
+        post_signed(
+            &server,
+            "/webhook/events",
+            &body,
+            "msg_replayed",
+            &ts,
+            &signature,
+        )
+    };
+    assert_eq!(send().await.status(), 202);
+    for _ in 0..3 {
+        let r = send().await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"status": "ignored", "reason": "duplicate_delivery", "event_id": "evt_replayed"})
+        );
+    }
+    assert_eq!(server.queue_depth().await, 1);
+    let stats = backend.metrics().await.unwrap();
+    assert_eq!(stats.counter("accepted"), 1);
+    assert_eq!(stats.counter("duplicates"), 3);
+}
+
+#[tokio::test]
+async fn a_reused_webhook_id_with_new_events_and_a_valid_signature_stores_nothing() {
+    let (server, _backend) = signed_server_forgetting_event_ids().await;
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let body = json!({"events": [event("evt_first_a"), event("evt_first_b")]})
+        .to_string()
+        .into_bytes();
+    let r = post_signed(
+        &server,
+        "/webhook/batch",
+        &body,
+        "msg_reused",
+        &ts,
+        &sign("msg_reused", &ts, &body),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["results"]["accepted"], 2);
+
+    // Same webhook-id, other events, correctly signed: refused whole as a replay.
+    let batch = json!({"events": [event("evt_new_a"), event("evt_new_b"), {"event_id": 5}]})
+        .to_string()
+        .into_bytes();
+    let r = post_signed(
+        &server,
+        "/webhook/batch",
+        &batch,
+        "msg_reused",
+        &ts,
+        &sign("msg_reused", &ts, &batch),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let answer = r.json::<Value>().await.unwrap();
+    assert_eq!(
+        answer["results"],
+        json!({"accepted": 0, "duplicates": 2, "errors": 1}),
+        "{answer}"
+    );
+    let single = event("evt_new_c").to_string().into_bytes();
+    let r = post_signed(
+        &server,
+        "/webhook/events",
+        &single,
+        "msg_reused",
+        &ts,
+        &sign("msg_reused", &ts, &single),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "ignored", "reason": "duplicate_delivery", "event_id": "evt_new_c"})
+    );
+    assert_eq!(server.queue_depth().await, 2);
+}
+
+#[tokio::test]
+async fn an_overlong_webhook_id_gets_401_naming_the_limit() {
+    let server = signed_server().await;
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let body = event("evt_long_id").to_string().into_bytes();
+    let longest = "m".repeat(256);
+    let r = post_signed(
+        &server,
+        "/webhook/events",
+        &body,
+        &longest,
+        &ts,
+        &sign(&longest, &ts, &body),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "256 characters are enough");
+
+    let too_long = "m".repeat(257);
+    let body = event("evt_long_id_2").to_string().into_bytes();
+    let r = post_signed(
+        &server,
+        "/webhook/events",
+        &body,
+        &too_long,
+        &ts,
+        &sign(&too_long, &ts, &body),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let err = error_body(r).await;
+    assert_eq!(err["error"], "invalid_signature");
+    assert_eq!(
+        err["message"],
+        "webhook-id header must be at most 256 characters"
     );
     assert_eq!(server.queue_depth().await, 1);
 }

@@ -34,6 +34,8 @@ struct State {
     seen: HashMap<EventId, i64>,
     /// Event id -> expiry (epoch ms) of its applied mark.
     processed: HashMap<EventId, i64>,
+    /// Delivery id -> expiry (epoch ms) of its [`DeliveryMark`].
+    deliveries: HashMap<String, i64>,
     entries: HashMap<u64, Entry>,
     /// Entry keys ready to claim, oldest first.
     ready: VecDeque<u64>,
@@ -322,10 +324,33 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = Self::now();
         let expiry = now + self.options.idempotency_ttl.as_millis() as i64;
         let mut st = self.lock();
+        if let Some(mark) = mark {
+            if st.deliveries.get(mark.id()).is_some_and(|&exp| exp > now) {
+                let n = events.len();
+                st.add(
+                    &[Increment::new(
+                        maps::COUNTERS,
+                        counters::DUPLICATES,
+                        n as f64,
+                    )],
+                    &self.options.bounds,
+                );
+                return Ok(vec![EnqueueOutcome::DuplicateDelivery; n]);
+            }
+            let until = now.saturating_add(mark.ttl_millis());
+            st.deliveries.insert(mark.id().to_string(), until);
+        }
         let mut out = Vec::with_capacity(events.len());
         let (mut accepted, mut duplicates) = (0.0, 0.0);
         for e in events {
@@ -350,6 +375,7 @@ impl Backend for MemoryBackend {
         if now >= st.next_prune {
             st.seen.retain(|_, exp| *exp > now);
             st.processed.retain(|_, exp| *exp > now);
+            st.deliveries.retain(|_, exp| *exp > now);
             st.next_prune = now + 10_000;
         }
         drop(st);

@@ -4,7 +4,8 @@
 //! one atomic step in the backend (one SQLite transaction, one Lua script, one lock) so that no
 //! crash can leave an event in two places or in none:
 //!
-//! - [`Backend::enqueue`]: idempotency mark + enqueue + accepted/duplicate counters.
+//! - [`Backend::enqueue`]: idempotency mark + enqueue + accepted/duplicate counters (and, for
+//!   a signed delivery, its [`DeliveryMark`]).
 //! - [`Backend::claim_batch`]: take up to N ready events under a lease (the visibility timeout);
 //!   an event whose lease runs out without being settled is delivered again.
 //! - [`Backend::settle`]: for a whole batch at once, ack (applying the analytics effect only if
@@ -101,6 +102,59 @@ pub enum EnqueueOutcome {
     Accepted,
     /// Its id was seen within the idempotency TTL; nothing was stored.
     Duplicate,
+    /// The request's [`DeliveryMark`] was seen within its TTL (a replayed or retried signed
+    /// delivery); nothing of the request was stored. Counted as a duplicate.
+    DuplicateDelivery,
+}
+
+/// A signed delivery's id (`webhook-id`), remembered for `ttl` by the enqueue that stores the
+/// delivery's events, so that the same delivery is stored at most once while its signature can
+/// still be valid.
+///
+/// The mark is written in the same atomic step as the events: an enqueue that fails leaves no
+/// mark, so the sender's retry is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryMark {
+    id: String,
+    ttl: Duration,
+}
+
+impl DeliveryMark {
+    /// Longest accepted delivery id, in bytes: bounds what one mark costs to keep.
+    pub const MAX_LEN: usize = 256;
+
+    /// A mark for delivery `id`: 1 to [`Self::MAX_LEN`] printable ASCII characters (spaces
+    /// allowed), kept for `ttl` (at least one millisecond). The error says which rule failed.
+    pub fn new(id: &str, ttl: Duration) -> Result<DeliveryMark, &'static str> {
+        if id.is_empty() {
+            return Err("must not be empty");
+        }
+        if id.len() > Self::MAX_LEN {
+            return Err("must be at most 256 characters");
+        }
+        if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err("must be printable ASCII");
+        }
+        Ok(DeliveryMark {
+            id: id.to_string(),
+            ttl: ttl.max(Duration::from_millis(1)),
+        })
+    }
+
+    /// The delivery id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How long the mark is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The TTL in whole milliseconds, at least 1.
+    pub fn ttl_millis(&self) -> i64 {
+        self.ttl.as_millis().clamp(1, i64::MAX as u128) as i64
+    }
 }
 
 /// Proof of one claim on one stored event, made by the backend that granted it.
@@ -245,7 +299,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores each event whose id was not seen within the TTL, in one atomic step for the
     /// whole slice; ids repeated inside the slice are duplicates after their first occurrence.
     /// Also counts `accepted` and `duplicates`. Returns one outcome per input, in order.
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>>;
+    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+        self.enqueue_delivery(events, None).await
+    }
+
+    /// [`Backend::enqueue`] for one delivery. With a `mark` whose id is still remembered,
+    /// nothing is stored and every event is [`EnqueueOutcome::DuplicateDelivery`] (counted as
+    /// duplicates); otherwise the mark is set for its TTL in the same atomic step as the
+    /// events, so a failed call leaves no mark. An empty `events` stores and marks nothing.
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>>;
 
     /// Leases up to `max` ready events to `consumer`. Returns as soon as at least one is ready;
     /// when none is, waits up to `wait` (woken early by an enqueue) and returns empty on

@@ -332,7 +332,7 @@ pub const ROWS: &[Variable] = &[
         "Where those metric deltas are POSTed")
         .only_when(When::Enabled("DAY15_DASHBOARD_UPDATE_ENABLED")),
     Variable::new(Security, "DAY15_WEBHOOK_SECRET", None, text("any text", None),
-        "Standard Webhooks signing secret (whsec_<base64> or raw); empty = no signatures required"),
+        "Standard Webhooks signing secrets (whsec_<base64> or raw), space-separated to rotate; empty = no signatures required"),
     Variable::new(Security, "DAY15_SIGNATURE_TOLERANCE_SECONDS", Some("300"), dur(Seconds, 1.0, 86_400.0),
         "Largest accepted distance between a signature's timestamp and now"),
     Variable::new(Security, "DAY15_ADMIN_TOKEN", None, text("any text", None),

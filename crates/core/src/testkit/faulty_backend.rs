@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::{Increment, StoredMetrics};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{
-    Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery, Depths,
-    DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
+    Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery, DeliveryMark,
+    Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
 
 /// How every call of a [`FaultyBackend`] behaves.
@@ -113,15 +113,19 @@ impl Backend for FaultyBackend {
         self.inner.ping().await
     }
 
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>> {
         if self.mode() == FaultMode::Slow as u8 {
             // Stored at once, answered late: the request is visibly in flight meanwhile.
-            let outcomes = self.inner.enqueue(events).await;
+            let outcomes = self.inner.enqueue_delivery(events, mark).await;
             tokio::time::sleep(Self::SLOW_CALL).await;
             return outcomes;
         }
         self.gate().await?;
-        self.inner.enqueue(events).await
+        self.inner.enqueue_delivery(events, mark).await
     }
 
     async fn claim_batch(

@@ -54,6 +54,9 @@ macro_rules! backend_conformance {
             recorded_dimension_values_are_capped_too,
             distinct_users_are_exact_up_to_the_limit_then_estimated,
             top_users_are_exact_below_k_and_bounded_at_k,
+            delivery_mark_refuses_the_same_delivery_whole,
+            concurrent_deliveries_with_one_mark_store_exactly_one,
+            delivery_mark_expires_after_its_ttl,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -861,4 +864,120 @@ pub async fn top_users_are_exact_below_k_and_bounded_at_k(h: &dyn Harness) {
         ]),
         "bounded at K"
     );
+}
+
+fn mark(id: &str, ttl: Duration) -> Option<DeliveryMark> {
+    Some(DeliveryMark::new(id, ttl).unwrap())
+}
+
+pub async fn delivery_mark_refuses_the_same_delivery_whole(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let minute = Duration::from_secs(60);
+    let out = b
+        .enqueue_delivery(vec![ev("d1"), ev("d2")], mark("msg_1", minute))
+        .await
+        .unwrap();
+    assert_eq!(out, [EnqueueOutcome::Accepted, EnqueueOutcome::Accepted]);
+    // The same delivery id with other events: nothing of it is stored or marked.
+    let out = b
+        .enqueue_delivery(vec![ev("d3"), ev("d1")], mark("msg_1", minute))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        [
+            EnqueueOutcome::DuplicateDelivery,
+            EnqueueOutcome::DuplicateDelivery
+        ]
+    );
+    assert_eq!(b.depths().await.unwrap().queue, 2);
+    assert_eq!(counter(&b, counters::ACCEPTED).await, 2);
+    assert_eq!(counter(&b, counters::DUPLICATES).await, 2);
+    // "d3" was not marked seen by the refused delivery; another delivery id is independent.
+    let out = b
+        .enqueue_delivery(vec![ev("d3")], mark("msg_2", minute))
+        .await
+        .unwrap();
+    assert_eq!(out, [EnqueueOutcome::Accepted]);
+    // Unmarked enqueues are unaffected by delivery marks.
+    assert_eq!(
+        b.enqueue(vec![ev("d4")]).await.unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+    // A mark is a delivery id, never an event id.
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("msg_1")], None).await.unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+    // An empty call marks nothing.
+    assert!(b
+        .enqueue_delivery(Vec::new(), mark("msg_empty", minute))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        b.enqueue_delivery(vec![ev("d5")], mark("msg_empty", minute))
+            .await
+            .unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+}
+
+pub async fn concurrent_deliveries_with_one_mark_store_exactly_one(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let events = vec![ev(&format!("c{i}")), ev(&format!("c{i}_b"))];
+                b.enqueue_delivery(events, mark("msg_same", Duration::from_secs(60)))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        if out == [EnqueueOutcome::Accepted, EnqueueOutcome::Accepted] {
+            stored += 1;
+        } else {
+            assert_eq!(
+                out,
+                [
+                    EnqueueOutcome::DuplicateDelivery,
+                    EnqueueOutcome::DuplicateDelivery
+                ]
+            );
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(b.depths().await.unwrap().queue, 2);
+    assert_eq!(counter(&b, counters::DUPLICATES).await, 58);
+}
+
+pub async fn delivery_mark_expires_after_its_ttl(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    let ttl = Duration::from_millis(300);
+    let out = b
+        .enqueue_delivery(vec![ev("t1")], mark("msg_ttl", ttl))
+        .await
+        .unwrap();
+    assert_eq!(out, [EnqueueOutcome::Accepted]);
+    let out = b
+        .enqueue_delivery(vec![ev("t2")], mark("msg_ttl", ttl))
+        .await
+        .unwrap();
+    assert_eq!(out, [EnqueueOutcome::DuplicateDelivery]);
+    eventually("delivery mark to expire", Duration::from_secs(10), || {
+        let b = b.clone();
+        async move {
+            let out = b
+                .enqueue_delivery(vec![ev("t2")], mark("msg_ttl", ttl))
+                .await
+                .unwrap();
+            (out == [EnqueueOutcome::Accepted]).then_some(())
+        }
+    })
+    .await;
 }

@@ -18,6 +18,8 @@ pub const DLQ: &str = "dlq";
 pub const MAP_REGISTRY: &str = "maps";
 /// `seen:<event id>`: duplicate mark, expires after the idempotency TTL.
 pub const SEEN: &str = "seen:";
+/// `delivery:<webhook-id>`: a signed delivery's mark, expires after the mark's own TTL.
+pub const DELIVERY: &str = "delivery:";
 /// `m:<map name>`: one metric map as a sorted set (field -> number).
 pub const METRIC: &str = "m:";
 
@@ -52,6 +54,11 @@ impl Keys {
     /// The start of every duplicate mark key; the script appends the event id.
     pub fn seen_prefix(&self) -> String {
         format!("{}{SEEN}", self.tag)
+    }
+
+    /// The key of the mark of signed delivery `id`.
+    pub fn delivery(&self, id: &str) -> String {
+        format!("{}{DELIVERY}{id}", self.tag)
     }
 
     /// The start of every metric map key; the scripts append the map name.

@@ -148,8 +148,12 @@ impl Backend for RedisBackend {
             .map_err(self.fail("ping"))
     }
 
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
-        self.enqueue_batch(events).await
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>> {
+        self.enqueue_batch(events, mark).await
     }
 
     async fn claim_batch(

@@ -60,7 +60,7 @@ use self::reader::{ReadJob, Reader, READ_QUEUE};
 use self::writer::{WriteJob, Writer, WRITE_QUEUE};
 use super::{
     epoch_millis, Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery,
-    Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
+    DeliveryMark, Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
 use crate::analytics::{Increment, StoredMetrics};
 use crate::config::SqliteSynchronous;
@@ -199,12 +199,20 @@ impl Backend for SqliteBackend {
         self.read(ReadJob::Ping).await
     }
 
-    async fn enqueue(&self, events: Vec<QueuedEvent>) -> BackendResult<Vec<EnqueueOutcome>> {
+    async fn enqueue_delivery(
+        &self,
+        events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
+    ) -> BackendResult<Vec<EnqueueOutcome>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| WriteJob::Enqueue { events, reply })
-            .await
+        self.write(|reply| WriteJob::Enqueue {
+            events,
+            mark,
+            reply,
+        })
+        .await
     }
 
     async fn claim_batch(

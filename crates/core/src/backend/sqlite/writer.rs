@@ -24,8 +24,8 @@ use super::settle::settle;
 use super::{now_millis, Reply};
 use crate::analytics::{maps, Bounds, Increment, Sums, MINUTE_WINDOW};
 use crate::backend::{
-    BackendError, BackendOptions, BackendResult, Delivery, DlqSelection, EnqueueOutcome,
-    QueuedEvent, Settlement,
+    BackendError, BackendOptions, BackendResult, Delivery, DeliveryMark, DlqSelection,
+    EnqueueOutcome, QueuedEvent, Settlement,
 };
 use crate::config::SqliteSynchronous;
 
@@ -44,6 +44,7 @@ const LINGER_STEP: Duration = Duration::from_micros(50);
 pub(super) enum WriteJob {
     Enqueue {
         events: Vec<QueuedEvent>,
+        mark: Option<DeliveryMark>,
         reply: Reply<Vec<EnqueueOutcome>>,
     },
     Claim {
@@ -119,8 +120,14 @@ impl WriteJob {
     /// answer and whether a waiting claimer should look again once the group commits.
     fn run(self, tx: &mut rusqlite::Transaction<'_>, ctx: &Ctx<'_>) -> (Answer, bool) {
         match self {
-            WriteJob::Enqueue { events, reply } => {
-                let r = in_savepoint(tx, ctx, "enqueue", |c| enqueue(c, ctx, &events));
+            WriteJob::Enqueue {
+                events,
+                mark,
+                reply,
+            } => {
+                let r = in_savepoint(tx, ctx, "enqueue", |c| {
+                    enqueue(c, ctx, &events, mark.as_ref())
+                });
                 let wake = matches!(&r, Ok(o) if o.contains(&EnqueueOutcome::Accepted));
                 (answer(reply, r), wake)
             }

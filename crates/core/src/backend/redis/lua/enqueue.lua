@@ -2,22 +2,40 @@
 --
 -- The duplicate mark and the stream entry are written together, so an id is either marked and
 -- queued or neither. Ids repeated inside the batch are duplicates after their first occurrence
--- (the SET NX of the first one makes the later ones fail).
+-- (the SET NX of the first one makes the later ones fail). A signed delivery's mark (KEYS[4])
+-- is set by the same script: while it lives, the delivery is refused whole and nothing is
+-- written but the duplicate count.
 --
 -- KEYS[1]  the stream
 -- KEYS[2]  the counters metric map (sorted set)
 -- KEYS[3]  the registry of metric map names (set)
+-- KEYS[4]  optional: the delivery mark key ("{p}:delivery:<webhook-id>")
 -- ARGV[1]  prefix of the duplicate-mark keys ("{p}:seen:")
 -- ARGV[2]  idempotency TTL in milliseconds
 -- ARGV[3]  name of the counters map (added to the registry)
 -- ARGV[4]  counter field for accepted events
 -- ARGV[5]  counter field for duplicates
--- ARGV[6…] pairs: event id, payload
--- Returns  an array with one integer per event, in order: 1 accepted, 0 duplicate.
+-- ARGV[6]  delivery mark TTL in milliseconds (ignored without KEYS[4])
+-- ARGV[7…] pairs: event id, payload
+-- Returns  an array with one integer per event, in order: 1 accepted, 0 duplicate,
+--          2 duplicate delivery.
 
 local outcomes = {}
+-- The mark is looked up first but written last, after every write that could fail: a script
+-- that errors half-way keeps its earlier writes, and must not keep a mark.
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  local n = (#ARGV - 6) / 2
+  for i = 1, n do
+    outcomes[i] = 2
+  end
+  if n > 0 then
+    redis.call('ZINCRBY', KEYS[2], n, ARGV[5])
+  end
+  redis.call('SADD', KEYS[3], ARGV[3])
+  return outcomes
+end
 local accepted, duplicates = 0, 0
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[2]) then
     redis.call('XADD', KEYS[1], '*', 'id', id, 'payload', ARGV[i + 1], 'failures', '0')
@@ -35,4 +53,7 @@ if duplicates > 0 then
   redis.call('ZINCRBY', KEYS[2], duplicates, ARGV[5])
 end
 redis.call('SADD', KEYS[3], ARGV[3])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[6])
+end
 return outcomes

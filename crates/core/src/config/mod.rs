@@ -248,6 +248,14 @@ pub fn redact_url(url: &str) -> String {
         .ok()
         .filter(|p| !url.contains('@') || !p.username().is_empty() || p.password().is_some());
     match parsed {
+        // Nothing secret: shown exactly as given (a parse would normalise it).
+        Some(parsed)
+            if parsed.username().is_empty()
+                && parsed.password().is_none()
+                && !parsed.query_pairs().any(|(k, _)| is_secret_key(&k)) =>
+        {
+            url.to_string()
+        }
         Some(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some(MASK));

@@ -431,7 +431,7 @@ fn a_refused_secret_or_url_is_not_echoed() {
     let text = err.to_string();
     assert!(!text.contains("hunter2"), "{text}");
     assert!(
-        text.contains("DAY15_REDIS_URL=\"http://:***@host:6379\""),
+        text.contains("DAY15_REDIS_URL=\"http://:***@host:6379/\""),
         "{text}"
     );
 }

@@ -91,8 +91,9 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
 }
 
 /// How long the write probe waits for another connection's write lock before it reports the
-/// store as not writable.
-const PROBE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// store as not writable: longer than any commit of a healthy pipeline, shorter than
+/// [`BUSY_TIMEOUT`], after which real writes fail.
+const PROBE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection for the write probe (`BEGIN IMMEDIATE; ROLLBACK`): it never creates the file
 /// and gives up on a held write lock after [`PROBE_BUSY_TIMEOUT`].

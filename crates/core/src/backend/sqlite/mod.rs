@@ -30,7 +30,8 @@
 //!   later, rather than accept events into a store nobody will read.
 //! - "Healthy" means writable: [`Backend::ping`] fails while the last write failed. Each write
 //!   call records its outcome, and when none succeeded for a second the watch thread probes
-//!   with `BEGIN IMMEDIATE; ROLLBACK` (giving up after 500 ms on a lock held elsewhere).
+//!   with `BEGIN IMMEDIATE; ROLLBACK`, giving up after 2 s on a lock held elsewhere (real
+//!   writes give up after 5 s).
 //! - Expired idempotency and applied marks and old per-minute maps are deleted in bounded
 //!   batches by the writer thread after a group, at most every 10 s. An idle writer does no
 //!   upkeep: nothing grows while it is idle.
@@ -39,8 +40,8 @@
 //! - `mod.rs`: [`SqliteBackend`], starting its threads and handing each call to one of them.
 //! - `identity.rs`: which file this process opened and whether the path still names it.
 //! - `connection.rs`: opening a connection (pragmas, busy handler, file modes, the write
-//!   probe); `error.rs`: SQLite failures
-//!   turned into the trait's errors, naming the file; `schema.rs`: tables, indexes, migration.
+//!   probe); `error.rs`: SQLite failures turned into the trait's errors, naming the file;
+//!   `schema.rs`: tables, indexes, migration.
 //! - `writer.rs`: the writer thread (group commit, savepoints, the fsync choice, upkeep);
 //!   `reader.rs`: the reader thread; `wait.rs`: the claim wait loop.
 //! - One file per operation's SQL: `enqueue.rs`, `claim.rs`, `settle.rs`, `dlq.rs`, and

@@ -24,8 +24,8 @@
 //!   instance (a `Notify`), and within one poll interval (1 ms doubling to 4 ms) for one made
 //!   by another process, noticed through `PRAGMA data_version`.
 //! - A store must stay the one every process uses. A watch thread checks every second that
-//!   `DAY15_SQLITE_PATH` still names the file this process opened (device and inode); once it
-//!   does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
+//!   `DAY15_SQLITE_PATH` still names the store this process opened (device, inode and the
+//!   store id in its `meta` table); once it does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
 //!   and a process opened through [`crate::backend::connect`] exits with status 1 a moment
 //!   later, rather than accept events into a store nobody will read.
 //! - "Healthy" means writable: [`Backend::ping`] fails while the last write failed. Each write

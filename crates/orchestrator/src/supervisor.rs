@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pipeline_core::config::{Config, RawSettings, VARIABLES};
+use pipeline_core::backend::sqlite::StoreIdentity;
+use pipeline_core::config::{BackendKind, Config, RawSettings, VARIABLES};
 use pipeline_core::runtime::exit;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,6 +25,36 @@ use crate::restart::RestartPolicy;
 
 /// How long the webhook may take to answer `/health` after it was started.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the supervisor checks that the SQLite path still names the store it started on
+/// (more often than the children do, so it sees a loss before their exits).
+const STORE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The SQLite file the pipeline runs on, remembered at start (`None` for Redis).
+///
+/// A child restarted after the file was deleted or replaced would open a new, empty store
+/// while the others keep the old one: accepted events would never be processed. So a loss
+/// stops the whole pipeline instead, and no child is restarted once it is seen.
+fn watched_store(config: &Config) -> Result<Option<StoreIdentity>, String> {
+    if config.queue_backend != BackendKind::Sqlite {
+        return Ok(None);
+    }
+    let path = &config.sqlite.path;
+    StoreIdentity::of(path)
+        .map(Some)
+        .map_err(|e| format!("Cannot open the SQLite queue at {}: {e}", path.display()))
+}
+
+/// `Some(sentence)` once the path no longer names the store the pipeline started on.
+fn store_lost(store: &Option<StoreIdentity>) -> Option<String> {
+    let store = store.as_ref()?;
+    store.check().err().map(|_| {
+        format!(
+            "SQLite queue file {} was deleted or replaced while the pipeline was running; \
+             stopping the pipeline instead of restarting it on a new, empty store",
+            store.path().display()
+        )
+    })
+}
 
 /// Which program a child runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +222,13 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
         })
         .collect();
 
+    let store = match watched_store(&config) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::FAILURE;
+        }
+    };
     let started = Instant::now();
     if let Err(e) = launcher.start(0, &mut slots[0]) {
         tracing::error!("{e}");
@@ -224,6 +262,7 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
         config.consumers
     );
 
+    let mut store_check = tokio::time::interval(STORE_CHECK_EVERY);
     let fatal = loop {
         let next_restart = slots.iter().filter_map(|s| s.restart_at).min();
         let restart_due = async {
@@ -236,13 +275,33 @@ pub async fn run(raw: RawSettings, config: Config) -> i32 {
         // since both live in the channel / token until read.
         tokio::select! {
             _ = shutdown.cancelled() => break false,
+            _ = store_check.tick() => {
+                if let Some(message) = store_lost(&store) {
+                    tracing::error!("{message}");
+                    break true;
+                }
+            }
             Some(exited) = rx.recv() => {
+                // A child that stopped because its store is gone is not restarted.
+                if let Some(message) = store_lost(&store) {
+                    if let Some(slot) = slots.get_mut(exited.index) {
+                        if slot.generation == exited.generation {
+                            slot.pid = None;
+                        }
+                    }
+                    tracing::error!("{message}");
+                    break true;
+                }
                 if let Some(message) = on_exit(&mut slots, exited) {
                     tracing::error!("{message}");
                     break true;
                 }
             }
             _ = restart_due => {
+                if let Some(message) = store_lost(&store) {
+                    tracing::error!("{message}");
+                    break true;
+                }
                 let now = Instant::now();
                 let mut gave_up = None;
                 for (i, slot) in slots.iter_mut().enumerate() {

@@ -56,8 +56,13 @@ pub enum ApiError {
     /// Deliberate load shedding: the queue is deeper than DAY15_MAX_QUEUE_DEPTH (429).
     #[error("queue depth {depth} is above DAY15_MAX_QUEUE_DEPTH={max}; retry later")]
     Overloaded { depth: u64, max: u64 },
-    /// The backend failed or did not answer in time; nothing was stored (503).
-    #[error("{0}")]
+    /// The backend failed or did not answer in time (503). Nothing is confirmed: a call that
+    /// timed out may still complete (a SQLite writer commits a job already handed to it), so
+    /// the message says the event may have been stored and that a resend is safe.
+    #[error(
+        "{0}; the event may or may not have been stored: resending it with the same event_id \
+         is safe (a stored one is answered as a duplicate)"
+    )]
     Unavailable(String),
     /// Any other status produced below the handlers, kept as it was (see [`ApiError::from_status`]).
     #[error("{1}")]
@@ -245,5 +250,21 @@ mod tests {
             let r = e.into_response();
             assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         }
+    }
+
+    #[test]
+    fn a_503_never_claims_that_nothing_was_stored_and_says_a_resend_is_safe() {
+        let message =
+            ApiError::backend(BackendError::Unavailable("no answer within 800 ms".into()))
+                .to_string();
+        assert!(
+            message.starts_with("backend unavailable: no answer within 800 ms; "),
+            "{message}"
+        );
+        assert!(
+            message.contains("may or may not have been stored"),
+            "{message}"
+        );
+        assert!(message.contains("same event_id is safe"), "{message}");
     }
 }

@@ -345,14 +345,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn metrics(&self) -> BackendResult<StoredMetrics>;
 }
 
-/// Opens the backend the configuration names.
+/// Opens the backend the configuration names, for a process that serves it: a SQLite store
+/// deleted or replaced while in use makes the process exit with status 1 (see [`sqlite`]).
 pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
     let options = BackendOptions::from_config(config);
     Ok(match config.queue_backend {
         BackendKind::Memory => Arc::new(memory::MemoryBackend::new(options)),
         BackendKind::Sqlite => Arc::new(
             sqlite::SqliteBackend::open(&config.sqlite.path, config.sqlite.synchronous, options)
-                .await?,
+                .await?
+                .exit_process_when_lost(),
         ),
         BackendKind::Redis => Arc::new(
             redis::RedisBackend::connect(&config.redis.url, &config.redis.key_prefix, options)

@@ -257,15 +257,70 @@ impl Config {
     }
 }
 
-/// Replaces the password of a `scheme://user:pass@host` URL with `***`.
+/// The URL with its password (and any `password` query value) replaced by `***`, safe to
+/// print. The URL is parsed as a URL: the user information ends at the last `@` before the
+/// host, so an unencoded `@` in a password cannot leak the rest of it. A URL that does not
+/// parse has everything before its last `@` replaced.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((auth, host)) = rest.split_once('@') {
-            let user = auth.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:***@{host}");
+    const MASK: &str = "***";
+    // An `@` the parser did not take as the end of the user information (a password with an
+    // unencoded `/`, `?` or `#`) means the parse cannot be trusted to have found the secret.
+    let parsed = url::Url::parse(url)
+        .ok()
+        .filter(|p| !url.contains('@') || !p.username().is_empty() || p.password().is_some());
+    match parsed {
+        // Nothing secret: shown exactly as given (a parse would normalise it).
+        Some(parsed)
+            if parsed.username().is_empty()
+                && parsed.password().is_none()
+                && !parsed.query_pairs().any(|(k, _)| is_secret_key(&k)) =>
+        {
+            url.to_string()
+        }
+        Some(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some(MASK));
+            } else if !parsed.username().is_empty() && parsed.scheme().starts_with("redis") {
+                // `redis://secret@host`: some clients read a lone user part as the password.
+                let _ = parsed.set_username(MASK);
+            }
+            if parsed.query_pairs().any(|(k, _)| is_secret_key(&k)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(&k) {
+                            MASK.into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        None => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let Some(at) = rest.rfind('@') else {
+                return url.to_string();
+            };
+            let host = &rest[at + 1..];
+            if scheme.is_empty() {
+                format!("{MASK}@{host}")
+            } else {
+                format!("{scheme}://{MASK}@{host}")
+            }
         }
     }
-    url.to_string()
+}
+
+/// Query keys whose values are secrets in a connection URL.
+fn is_secret_key(key: &str) -> bool {
+    matches!(
+        key.to_ascii_lowercase().as_str(),
+        "password" | "pass" | "pwd" | "token" | "secret"
+    )
 }
 
 #[cfg(test)]

@@ -393,3 +393,67 @@ fn flags_come_from_the_rows_and_name_their_variable() {
         .iter()
         .all(|r| !matches!(r.kind, Kind::Text { allowed: "", .. })));
 }
+
+#[test]
+fn a_redacted_url_never_shows_any_part_of_its_password() {
+    let cases = [
+        ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:p@ss@word@host/1", "redis://user:***@host/1"),
+        (
+            "redis://:s3cret@127.0.0.1:6379",
+            "redis://:***@127.0.0.1:6379",
+        ),
+        ("redis://user:12/34@host/0", "redis://***@host/0"),
+        ("redis://:pa#ss@host", "redis://***@host"),
+        (
+            "redis://host:6379/0?password=hunter2",
+            "redis://host:6379/0?password=***",
+        ),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ];
+    for (url, redacted) in cases {
+        assert_eq!(super::redact_url(url), redacted, "{url}");
+    }
+}
+
+#[test]
+fn a_signature_tolerance_longer_than_the_idempotency_window_is_refused() {
+    let err = load(
+        &no_file(),
+        &[
+            ("DAY15_IDEMPOTENCY_TTL_HOURS", "0.01"),
+            ("DAY15_SIGNATURE_TOLERANCE_SECONDS", "300"),
+        ],
+    )
+    .expect_err("tolerance above the TTL");
+    let text = err.to_string();
+    assert!(
+        text.contains("DAY15_SIGNATURE_TOLERANCE_SECONDS=\"300\"")
+            && text.contains("at most DAY15_IDEMPOTENCY_TTL_HOURS"),
+        "{text}"
+    );
+    // Equal is fine; the defaults (300 s, 24 h) are fine.
+    load(
+        &no_file(),
+        &[
+            ("DAY15_IDEMPOTENCY_TTL_HOURS", "1"),
+            ("DAY15_SIGNATURE_TOLERANCE_SECONDS", "3600"),
+        ],
+    )
+    .expect("tolerance equal to the TTL");
+}
+
+#[test]
+fn a_refused_secret_or_url_is_not_echoed() {
+    let err = load(
+        &no_file(),
+        &[("DAY15_REDIS_URL", "http://:hunter2@host:6379")],
+    )
+    .expect_err("not a redis URL");
+    let text = err.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("DAY15_REDIS_URL=\"http://:***@host:6379/\""),
+        "{text}"
+    );
+}

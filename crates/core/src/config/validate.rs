@@ -146,12 +146,26 @@ pub(super) fn check_rows(raw: &RawSettings) -> (Values, Vec<ConfigProblem>) {
             }
             Err(allowed) => problems.push(ConfigProblem {
                 name: row.name.to_string(),
-                value: value.unwrap_or("").to_string(),
+                value: printable(row.name, value.unwrap_or("")),
                 allowed,
             }),
         }
     }
     (values, problems)
+}
+
+/// A refused value as it may be printed: a secret is never echoed, a URL loses its password.
+fn printable(name: &str, value: &str) -> String {
+    let secret = ["SECRET", "TOKEN", "PASSWORD"]
+        .iter()
+        .any(|word| name.contains(word));
+    if secret && !value.is_empty() {
+        "***".to_string()
+    } else if name.ends_with("_URL") {
+        super::redact_url(value)
+    } else {
+        value.to_string()
+    }
 }
 
 // The accessors below read values that `check_rows` produced without a problem. A name or
@@ -213,7 +227,8 @@ impl Values {
 impl Config {
     /// Validates every variable, collecting all problems.
     pub fn validate(raw: &RawSettings) -> Result<Config, ConfigError> {
-        let (v, problems) = check_rows(raw);
+        let (v, mut problems) = check_rows(raw);
+        problems.extend(cross_check(raw, &v));
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -322,6 +337,34 @@ fn host_names(list: &str) -> Vec<String> {
             bare.trim_end_matches('.').to_ascii_lowercase()
         })
         .collect()
+}
+
+/// Problems no single row can see: rules between two variables.
+///
+/// A signed request may be replayed for `DAY15_SIGNATURE_TOLERANCE_SECONDS`; only the
+/// idempotency window turns a replay into a duplicate, so a tolerance longer than
+/// `DAY15_IDEMPOTENCY_TTL_HOURS` would let a captured request be accepted again.
+fn cross_check(raw: &RawSettings, v: &Values) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    if let (Some(Value::Duration(tolerance)), Some(Value::Duration(ttl))) = (
+        v.get("DAY15_SIGNATURE_TOLERANCE_SECONDS"),
+        v.get("DAY15_IDEMPOTENCY_TTL_HOURS"),
+    ) {
+        if tolerance > ttl {
+            problems.push(ConfigProblem {
+                name: "DAY15_SIGNATURE_TOLERANCE_SECONDS".into(),
+                value: raw
+                    .get("DAY15_SIGNATURE_TOLERANCE_SECONDS")
+                    .map_or_else(|| tolerance.as_secs().to_string(), str::to_string),
+                allowed: format!(
+                    "at most DAY15_IDEMPOTENCY_TTL_HOURS ({} s), so a replayed signed request is \
+                     always answered as a duplicate",
+                    ttl.as_secs_f64()
+                ),
+            });
+        }
+    }
+    problems
 }
 
 /// `redis://[:password@]host:port/db`, bracketing an IPv6 host and percent-encoding the password.

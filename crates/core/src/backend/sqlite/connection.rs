@@ -1,11 +1,15 @@
 //! Opening a connection on the queue file: the directory and file checks that give a clear
 //! error, the busy handler that waits for another process's lock in short steps, and the
 //! per-connection pragmas. Both the writer and the reader thread open theirs here.
+//!
+//! The file holds e-mail addresses: a directory created here is `0700` and a file created
+//! here `0600` (SQLite gives its `-wal` and `-shm` files the main file's mode).
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use super::error::classify;
 use crate::backend::{BackendError, BackendResult};
@@ -53,12 +57,16 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
                 parent.display()
             )));
         }
-        std::fs::create_dir_all(parent).map_err(|e| {
-            BackendError::Failed(format!(
-                "cannot create directory {} for SQLite queue file {p}: {e}",
-                parent.display()
-            ))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| {
+                BackendError::Failed(format!(
+                    "cannot create directory {} for SQLite queue file {p}: {e}",
+                    parent.display()
+                ))
+            })?;
     }
     // SQLite reports only "unable to open database file"; opening it ourselves first gives
     // the real cause (permission denied, read-only file system, …).
@@ -67,6 +75,7 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(path)
         .map_err(|e| BackendError::Failed(format!("cannot open SQLite queue file {p}: {e}")))?;
     let conn = Connection::open(path).map_err(|e| classify(path, "open", e.into()))?;
@@ -79,4 +88,27 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
         .and_then(|()| conn.pragma_update(None, "temp_store", "MEMORY"))
         .map_err(|e| classify(path, "configure", e.into()))?;
     Ok(conn)
+}
+
+/// How long the write probe waits for another connection's write lock before it reports the
+/// store as not writable: longer than any commit of a healthy pipeline, shorter than
+/// [`BUSY_TIMEOUT`], after which real writes fail.
+const PROBE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection for the write probe (`BEGIN IMMEDIATE; ROLLBACK`): it never creates the file
+/// and gives up on a held write lock after [`PROBE_BUSY_TIMEOUT`].
+pub(super) fn open_probe(path: &Path) -> BackendResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| classify(path, "open", e.into()))?;
+    conn.busy_timeout(PROBE_BUSY_TIMEOUT)
+        .map_err(|e| classify(path, "set busy timeout", e.into()))?;
+    Ok(conn)
+}
+
+/// Whether a write transaction can start now: takes the write lock and gives it back at
+/// once, changing nothing.
+pub(super) fn probe_write(conn: &Connection, path: &Path) -> BackendResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
+        .map_err(|e| classify(path, "take the write lock", e.into()))
 }

@@ -23,14 +23,25 @@
 //! - A claimer blocked on an empty queue wakes at once for an enqueue made through the same
 //!   instance (a `Notify`), and within one poll interval (1 ms doubling to 4 ms) for one made
 //!   by another process, noticed through `PRAGMA data_version`.
+//! - A store must stay the one every process uses. A watch thread checks every second that
+//!   `DAY15_SQLITE_PATH` still names the store this process opened (device, inode and the
+//!   store id in its `meta` table); once it does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
+//!   and a process opened through [`crate::backend::connect`] exits with status 1 a moment
+//!   later, rather than accept events into a store nobody will read.
+//! - "Healthy" means writable: [`Backend::ping`] fails while the last write failed. Each write
+//!   call records its outcome, and when none succeeded for a second the watch thread probes
+//!   with `BEGIN IMMEDIATE; ROLLBACK`, giving up after 2 s on a lock held elsewhere (real
+//!   writes give up after 5 s).
 //! - Expired idempotency and applied marks and old per-minute maps are deleted in bounded
 //!   batches by the writer thread after a group, at most every 10 s. An idle writer does no
 //!   upkeep: nothing grows while it is idle.
 //!
 //! Where each part lives:
 //! - `mod.rs`: [`SqliteBackend`], starting its threads and handing each call to one of them.
-//! - `connection.rs`: opening a connection (pragmas, busy handler); `error.rs`: SQLite failures
-//!   turned into the trait's errors, naming the file; `schema.rs`: tables, indexes, migration.
+//! - `identity.rs`: which file this process opened and whether the path still names it.
+//! - `connection.rs`: opening a connection (pragmas, busy handler, file modes, the write
+//!   probe); `error.rs`: SQLite failures turned into the trait's errors, naming the file;
+//!   `schema.rs`: tables, indexes, migration.
 //! - `writer.rs`: the writer thread (group commit, savepoints, the fsync choice, upkeep);
 //!   `reader.rs`: the reader thread; `wait.rs`: the claim wait loop.
 //! - One file per operation's SQL: `enqueue.rs`, `claim.rs`, `settle.rs`, `dlq.rs`, and
@@ -41,6 +52,7 @@ mod connection;
 mod dlq;
 mod enqueue;
 mod error;
+mod identity;
 mod metrics;
 mod reader;
 mod schema;
@@ -49,7 +61,8 @@ mod wait;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -65,7 +78,15 @@ use super::{
 use crate::analytics::{Increment, StoredMetrics};
 use crate::config::SqliteSynchronous;
 
+pub use self::identity::{lost_message, StoreIdentity};
 pub use self::schema::SCHEMA_VERSION;
+
+/// How often the watch thread checks the file's identity (and, when no write succeeded since
+/// the last turn, probes for writability).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long a process whose store was lost keeps answering (every call failing with the
+/// reason, `/health` 503) before it exits, so the reason is seen and logged.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// The embedded, durable default backend. Dropping it closes both connections once the jobs
 /// already handed to its threads are committed and answered.
@@ -78,6 +99,64 @@ pub struct SqliteBackend {
     reads: mpsc::Sender<ReadJob>,
     /// Fired by the writer after committing work a claimer may be waiting for.
     arrivals: Arc<Notify>,
+    /// Whether the store is still the one at the path, and still writable.
+    condition: Arc<Condition>,
+    /// Dropped with the backend, which stops the watch thread.
+    _watch: std::sync::mpsc::Sender<()>,
+}
+
+/// What the calls and the watch thread know about the store's condition.
+#[derive(Default)]
+struct Condition {
+    /// Set once, when the path no longer names the file this process has open.
+    lost: OnceLock<String>,
+    /// Whether `write_failure` holds an error (read without the lock on every write).
+    write_failing: AtomicBool,
+    /// Why the last write (a real one or the probe) failed.
+    write_failure: Mutex<Option<BackendError>>,
+    /// When a write last succeeded (epoch ms).
+    last_write_ok: AtomicI64,
+    /// Whether the process exits once the store is lost.
+    exit_when_lost: AtomicBool,
+}
+
+impl Condition {
+    /// `Err` once the store is lost: no call may touch a file nobody else reads.
+    fn usable(&self) -> BackendResult<()> {
+        match self.lost.get() {
+            Some(why) => Err(BackendError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a write's outcome: a failure makes the store unhealthy until a write succeeds.
+    fn wrote<T>(&self, outcome: &BackendResult<T>) {
+        match outcome {
+            Ok(_) => {
+                self.last_write_ok.store(now_millis(), Ordering::Relaxed);
+                if self.write_failing.load(Ordering::Relaxed) {
+                    if let Ok(mut failure) = self.write_failure.lock() {
+                        *failure = None;
+                        self.write_failing.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                if let Ok(mut failure) = self.write_failure.lock() {
+                    *failure = Some(e.clone());
+                    self.write_failing.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Why writes are failing, if they are.
+    fn write_failure(&self) -> Option<BackendError> {
+        if !self.write_failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.write_failure.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 type Reply<T> = oneshot::Sender<BackendResult<T>>;
@@ -134,26 +213,56 @@ impl SqliteBackend {
             .await
             .map_err(|_| thread_stopped(path, "reader"))??;
 
+        let identity = StoreIdentity::of(path).map_err(|e| {
+            BackendError::Failed(format!(
+                "cannot open SQLite queue file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let probe = connection::open_probe(path)?;
+        let condition = Arc::new(Condition::default());
+        condition
+            .last_write_ok
+            .store(now_millis(), Ordering::Relaxed);
+        let (watch, stop) = std::sync::mpsc::channel();
+        let watched = condition.clone();
+        spawn_thread("sqlite-watch", path, move || {
+            watch_store(identity, probe, watched, stop)
+        })?;
+
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             writes,
             reads,
             arrivals,
+            condition,
+            _watch: watch,
         })
     }
 
+    /// Makes the process exit with status 1 shortly after its store is found deleted or
+    /// replaced (what a webhook or consumer process wants; a test or a tool may not).
+    pub fn exit_process_when_lost(self) -> Self {
+        self.condition.exit_when_lost.store(true, Ordering::Relaxed);
+        self
+    }
+
     async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> WriteJob) -> BackendResult<T> {
+        self.condition.usable()?;
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(job(reply))
             .await
             .map_err(|_| thread_stopped(&self.path, "writer"))?;
-        answer
+        let outcome = answer
             .await
-            .map_err(|_| thread_stopped(&self.path, "writer"))?
+            .map_err(|_| thread_stopped(&self.path, "writer"))?;
+        self.condition.wrote(&outcome);
+        outcome
     }
 
     async fn read<T>(&self, job: impl FnOnce(Reply<T>) -> ReadJob) -> BackendResult<T> {
+        self.condition.usable()?;
         let (reply, answer) = oneshot::channel();
         self.reads
             .send(job(reply))
@@ -182,6 +291,33 @@ fn spawn_thread(
         })
 }
 
+/// The watch thread: every [`WATCH_EVERY`] until the backend is dropped, checks that the path
+/// still names the open file, and probes for writability when no write succeeded meanwhile.
+fn watch_store(
+    identity: StoreIdentity,
+    probe: rusqlite::Connection,
+    condition: Arc<Condition>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WATCH_EVERY) {
+        if let Err(why) = identity.check() {
+            tracing::error!("{why}");
+            let _ = condition.lost.set(why);
+            if condition.exit_when_lost.load(Ordering::Relaxed) {
+                // Calls fail with the reason meanwhile; the log writer gets time to flush.
+                let _ = stop.recv_timeout(EXIT_GRACE);
+                std::process::exit(crate::runtime::exit::FAILURE);
+            }
+            return;
+        }
+        let idle_ms = now_millis() - condition.last_write_ok.load(Ordering::Relaxed);
+        if idle_ms >= WATCH_EVERY.as_millis() as i64 || condition.write_failure().is_some() {
+            condition.wrote(&connection::probe_write(&probe, identity.path()));
+        }
+    }
+}
+
 fn thread_stopped(path: &Path, which: &str) -> BackendError {
     BackendError::Failed(format!(
         "SQLite queue file {}: the {which} thread has stopped",
@@ -195,7 +331,13 @@ impl Backend for SqliteBackend {
         "sqlite"
     }
 
+    /// Fails once the store is lost, and while writes fail (a lock held elsewhere, a full
+    /// disk), with the reason; otherwise a read on the reader thread.
     async fn ping(&self) -> BackendResult<()> {
+        self.condition.usable()?;
+        if let Some(e) = self.condition.write_failure() {
+            return Err(e);
+        }
         self.read(ReadJob::Ping).await
     }
 

@@ -94,6 +94,35 @@ fn seed_registers(tx: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+// ---- Store identity (independent of the versioned schema above) ----
+// A random id written once, when the file gets its first writer: a file copied over this one
+// in place (same inode) is told apart by its id. Idempotent, run by every writer at open.
+const STORE_ID: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+";
+
+/// The file's store id, `None` when it has none (not a store this build created or opened).
+pub(super) fn store_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    let read = conn
+        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+            r.get(0)
+        })
+        .optional();
+    match read {
+        // No `meta` table: no id.
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+            Ok(None)
+        }
+        other => other,
+    }
+}
+// ---- end of store identity ----
+
 /// Puts a fresh or older file on [`SCHEMA_VERSION`], refusing files from a newer build.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
     let step = |what: &str, e: rusqlite::Error| classify(path, what, e.into());
@@ -132,6 +161,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| step("write schema version", e))?;
     }
+    tx.execute_batch(STORE_ID)
+        .map_err(|e| step("write the store id", e))?;
     tx.commit().map_err(|e| step("migrate", e))
 }
 

@@ -84,6 +84,8 @@ pub struct WebhookClient {
     message_nonce: u64,
     /// Makes `webhook-id`s unique within a run.
     message_counter: Arc<AtomicU64>,
+    /// Sent as a bearer token on reads, so `GET /dlq` works on a webhook that protects it.
+    admin_token: Option<String>,
 }
 
 impl WebhookClient {
@@ -105,7 +107,14 @@ impl WebhookClient {
             signer: signer.map(Arc::new),
             message_nonce: rand::random(),
             message_counter: Arc::new(AtomicU64::new(0)),
+            admin_token: None,
         })
+    }
+
+    /// Reads carry `Authorization: Bearer <token>` (DAY15_ADMIN_TOKEN protects `GET /dlq`).
+    pub fn with_admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// The base URL as shown to users: `http://127.0.0.1:5015`, without a trailing slash.
@@ -168,9 +177,11 @@ impl WebhookClient {
     /// GETs `path` and parses the JSON answer; a non-2xx answer is an error.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let url = self.endpoint(path);
-        let response = self
-            .http
-            .get(url.clone())
+        let mut request = self.http.get(url.clone());
+        if let Some(token) = &self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("GET {url}: {}", describe_error(&e)))?;

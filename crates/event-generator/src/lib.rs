@@ -53,8 +53,12 @@ pub async fn run(cli: Cli) -> i32 {
             return exit::USAGE;
         }
     };
-    let signer = match common.secret.clone().or(config.http.webhook_secret.clone()) {
-        Some(secret) => match Signer::from_secret(&secret) {
+    // The webhook accepts several space-separated secrets (rotation); a sender signs with the
+    // first, the newest.
+    let secret = common.secret.clone().or(config.http.webhook_secret.clone());
+    let first = secret.as_deref().and_then(|s| s.split_whitespace().next());
+    let signer = match first {
+        Some(secret) => match Signer::from_secret(secret) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("unusable --secret / DAY15_WEBHOOK_SECRET: {e}");
@@ -68,7 +72,7 @@ pub async fn run(cli: Cli) -> i32 {
         _ => SCENARIO_POOL,
     };
     let client = match WebhookClient::new(base, signer, pool) {
-        Ok(c) => c,
+        Ok(c) => c.with_admin_token(config.http.admin_token.clone()),
         Err(e) => {
             eprintln!("{e:#}");
             return exit::FAILURE;

@@ -318,3 +318,67 @@ async fn a_failed_delivery_enqueue_leaves_no_mark() {
         [EnqueueOutcome::DuplicateDelivery]
     );
 }
+
+/// Set in a copy of this test binary started as another process on the queue file.
+const PEER_FILE: &str = "CONFORMANCE_SQLITE_PEER_FILE";
+
+/// Another process opens the file, reads the idempotency marks and closes: what a consumer
+/// does when it stops. Returns the ids it saw.
+fn marks_seen_by_another_process(path: &Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "another_process_closing_the_file_loses_nothing_accepted_after",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PEER_FILE, path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The test harness may print its own words before the line on the same line.
+    stdout
+        .lines()
+        .find_map(|l| Some(l[l.find("seen: ")? + "seen: ".len()..].to_string()))
+        .unwrap_or_else(|| panic!("no marks in {stdout}"))
+}
+
+/// Each SQLite connection of a process holds POSIX locks on the file, which the operating
+/// system drops for the whole process when any descriptor of that file is closed. The backend
+/// must never close one of its own: without its lock, the last other process to close the
+/// file thinks it is alone, checkpoints and deletes the WAL the backend still writes to, and
+/// what the backend commits after that is answered but never reaches the file.
+#[tokio::test]
+async fn another_process_closing_the_file_loses_nothing_accepted_after() {
+    if let Some(path) = std::env::var_os(PEER_FILE) {
+        let c = rusqlite::Connection::open(PathBuf::from(path)).unwrap();
+        let ids: Vec<String> = c
+            .prepare("SELECT event_id FROM seen ORDER BY event_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        println!("seen: {}", ids.join(","));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite3");
+    let b = open_at(&path, BackendOptions::default()).await;
+    b.enqueue(vec![ev("a")]).await.unwrap();
+    assert_eq!(marks_seen_by_another_process(&path), "a");
+    assert_eq!(
+        b.enqueue(vec![ev("b")]).await.unwrap(),
+        [EnqueueOutcome::Accepted]
+    );
+    assert_eq!(
+        marks_seen_by_another_process(&path),
+        "a,b",
+        "an accepted event is in the file for every other process"
+    );
+    assert!(
+        dir.path().join("queue.sqlite3-wal").exists(),
+        "the WAL stays while the backend is open"
+    );
+}

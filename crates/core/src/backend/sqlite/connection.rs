@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, MAIN_DB};
 
 use super::error::classify;
 use crate::backend::{BackendError, BackendResult};
@@ -68,17 +68,33 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
                 ))
             })?;
     }
-    // SQLite reports only "unable to open database file"; opening it ourselves first gives
-    // the real cause (permission denied, read-only file system, …).
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| BackendError::Failed(format!("cannot open SQLite queue file {p}: {e}")))?;
-    let conn = Connection::open(path).map_err(|e| classify(path, "open", e.into()))?;
+    // A new file is created private (it holds e-mail addresses; SQLite gives its -wal and -shm
+    // the same mode). Only when it does not exist yet: then no connection of this process can
+    // hold a lock on it, which closing our descriptor would drop (see `why_unusable`).
+    if !path.exists() {
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    // The file is opened by SQLite alone, and by us only once SQLite could not write it (see
+    // `why_unusable`).
+    let conn = match Connection::open(path) {
+        Ok(conn) if !conn.is_readonly(MAIN_DB).unwrap_or(false) => conn,
+        // SQLite falls back to read-only when it may not write, and reports only "unable to
+        // open database file" when it cannot open at all.
+        Ok(conn) => {
+            drop(conn);
+            return Err(why_unusable(path).unwrap_or_else(|| {
+                BackendError::Failed(format!("SQLite queue file {p} is read-only (open)"))
+            }));
+        }
+        Err(e) => {
+            return Err(why_unusable(path).unwrap_or_else(|| classify(path, "open", e.into())))
+        }
+    };
     conn.busy_handler(Some(wait_for_lock))
         .map_err(|e| classify(path, "set busy handler", e.into()))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -111,4 +127,27 @@ pub(super) fn open_probe(path: &Path) -> BackendResult<Connection> {
 pub(super) fn probe_write(conn: &Connection, path: &Path) -> BackendResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
         .map_err(|e| classify(path, "take the write lock", e.into()))
+}
+
+/// The operating system's reason why `path` cannot be opened for writing (permission denied,
+/// read-only file system, …), found by opening it ourselves.
+///
+/// Only for a file SQLite could not open for writing: closing a descriptor of the file drops
+/// every POSIX lock this process holds on it, including those of its open SQLite connections.
+/// Another process closing the file would then see no other user, checkpoint and delete the
+/// WAL those connections still write to, and what they commit after that would be lost.
+fn why_unusable(path: &Path) -> Option<BackendError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .err()
+        .map(|e| {
+            BackendError::Failed(format!(
+                "cannot open SQLite queue file {}: {e}",
+                path.display()
+            ))
+        })
 }

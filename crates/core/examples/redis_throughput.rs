@@ -38,9 +38,14 @@ async fn main() -> Result<()> {
         Utc::now().timestamp_millis()
     );
     let backend = Arc::new(
-        RedisBackend::connect(&url, &prefix, BackendOptions::default())
-            .await
-            .context("connect")?,
+        RedisBackend::connect(
+            &url,
+            &prefix,
+            &Default::default(),
+            BackendOptions::default(),
+        )
+        .await
+        .context("connect")?,
     );
     println!(
         "redis {} | prefix {prefix} | {events} events | concurrency {concurrency}",

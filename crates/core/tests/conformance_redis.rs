@@ -36,7 +36,7 @@ impl RedisHarness {
     }
 
     async fn backend(&self, prefix: &str, options: BackendOptions) -> RedisBackend {
-        RedisBackend::connect(&self.server.url(), prefix, options)
+        RedisBackend::connect(&self.server.url(), prefix, &Default::default(), options)
             .await
             .unwrap()
     }

@@ -357,8 +357,13 @@ pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
                 .exit_process_when_lost(),
         ),
         BackendKind::Redis => Arc::new(
-            redis::RedisBackend::connect(&config.redis.url, &config.redis.key_prefix, options)
-                .await?,
+            redis::RedisBackend::connect(
+                &config.redis.url,
+                &config.redis.key_prefix,
+                &config.redis.tls,
+                options,
+            )
+            .await?,
         ),
     })
 }

@@ -71,6 +71,21 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key, used as their one hash tag so the scripts work on Redis Cluster.
     pub key_prefix: String,
+    /// Certificates for `rediss://` URLs; ignored for `redis://`.
+    pub tls: RedisTlsFiles,
+}
+
+/// PEM files for a `rediss://` connection. All unset: the server is checked against the
+/// system roots and no client certificate is sent. They are read when the backend connects,
+/// so a missing or unreadable file fails the start with its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// CA that signed the server's certificate, trusted instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate chain for servers that require one (mutual TLS); needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// The webhook's HTTP server: where it listens, what it accepts and who may do what.

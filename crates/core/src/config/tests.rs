@@ -154,6 +154,20 @@ fn redis_url_is_built_from_parts_and_redacted() {
     )
     .unwrap();
     assert_eq!(c.redis.url, "rediss://u:pw@h:1/0");
+    assert_eq!(c.redis.tls, RedisTlsFiles::default());
+    let c = load(
+        &no_file(),
+        &[
+            ("DAY15_REDIS_CA_CERT", "/etc/ca.pem"),
+            ("DAY15_REDIS_CLIENT_CERT", "client.pem"),
+            ("DAY15_REDIS_CLIENT_KEY", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.redis.tls.ca_cert, Some("/etc/ca.pem".into()));
+    assert_eq!(c.redis.tls.client_cert, Some("client.pem".into()));
+    // Empty is unset, as for every optional text.
+    assert_eq!(c.redis.tls.client_key, None);
 }
 
 #[test]

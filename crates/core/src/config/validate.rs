@@ -10,7 +10,7 @@ use super::sources::RawSettings;
 use super::variables::{Kind, When, ROWS};
 use super::{
     BackendKind, Config, ConsumerConfig, DashboardConfig, HttpConfig, LogFormat, LogLevel,
-    LoggingConfig, RedisConfig, SqliteConfig, SqliteSynchronous,
+    LoggingConfig, RedisConfig, RedisTlsFiles, SqliteConfig, SqliteSynchronous,
 };
 
 /// One bad variable: what it was set to and what would have been accepted.
@@ -280,6 +280,11 @@ impl Config {
             redis: RedisConfig {
                 url: redis_url,
                 key_prefix: v.text("DAY15_KEY_PREFIX"),
+                tls: RedisTlsFiles {
+                    ca_cert: v.optional("DAY15_REDIS_CA_CERT").map(PathBuf::from),
+                    client_cert: v.optional("DAY15_REDIS_CLIENT_CERT").map(PathBuf::from),
+                    client_key: v.optional("DAY15_REDIS_CLIENT_KEY").map(PathBuf::from),
+                },
             },
             http: HttpConfig {
                 host: v.text("DAY15_WEBHOOK_HOST"),

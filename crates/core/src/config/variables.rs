@@ -274,6 +274,12 @@ pub const ROWS: &[Variable] = &[
     Variable::new(Redis, "DAY15_REDIS_URL", None, text("a redis:// or rediss:// URL", Some(redis_url)),
         "Redis URL, redis:// or rediss://; overrides host, port, db and password")
         .flag("redis-url", "URL"),
+    Variable::new(Redis, "DAY15_REDIS_CA_CERT", None, text("a PEM file path", None),
+        "For rediss:// URLs: PEM file of the CA that signed the server's certificate (unset = the system roots)"),
+    Variable::new(Redis, "DAY15_REDIS_CLIENT_CERT", None, text("a PEM file path", None),
+        "For rediss:// URLs to a server requiring client certificates: PEM certificate chain (with DAY15_REDIS_CLIENT_KEY)"),
+    Variable::new(Redis, "DAY15_REDIS_CLIENT_KEY", None, text("a PEM file path", None),
+        "Private key (PEM) of DAY15_REDIS_CLIENT_CERT"),
     Variable::new(Redis, "DAY15_KEY_PREFIX", Some("day15"),
         text("1-64 characters of letters, digits, _ - . : (no braces: the prefix becomes a hash tag)", Some(key_prefix)),
         "Prefix of every Redis key, also their one hash tag (so Redis Cluster works)")

@@ -1,15 +1,19 @@
-//! Test support for this and the other crates (feature `testkit`): a private `redis-server`,
-//! a backend that fails on demand, waiting with a deadline ([`wait`]) and free ports. Every
+//! Test support for this and the other crates (feature `testkit`): a private `redis-server`
+//! (plain, TLS-only, or a 3+3 cluster), a backend that fails on demand, waiting with a deadline ([`wait`]) and free ports. Every
 //! test of the workspace takes these from here, so each is written once.
 
 mod faulty_backend;
+mod redis_cluster;
 mod redis_server;
+mod redis_tls;
 pub mod wait;
 
 use std::net::{Ipv4Addr, TcpListener};
 
 pub use faulty_backend::{FaultMode, FaultyBackend};
-pub use redis_server::*;
+pub use redis_cluster::{ClusterRole, RedisCluster};
+pub use redis_server::RedisServer;
+pub use redis_tls::RedisTls;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts.
 ///

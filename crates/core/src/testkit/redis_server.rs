@@ -46,25 +46,8 @@ impl RedisServer {
     }
 
     fn start_with(persistent: bool) -> Result<Option<RedisServer>, String> {
-        match Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    return Err(
-                        "redis-server is not installed, and CI=true forbids skipping \
-                                the tests that need it"
-                            .into(),
-                    );
-                }
-                eprintln!("skipping: redis-server not installed");
-                return Ok(None);
-            }
-            Err(e) => return Err(format!("cannot run redis-server: {e}")),
+        if !installed("redis-server")? {
+            return Ok(None);
         }
         // Another process may take the free port between our probe and the server's bind;
         // then try another.
@@ -183,8 +166,33 @@ impl Drop for RedisServer {
     }
 }
 
+/// Whether `program` (`redis-server`, `redis-cli`) can be run. `Ok(false)` (after printing
+/// that the test is skipped) when it is not installed, unless `CI` is `true`: then an `Err`,
+/// so a CI run can never pass by skipping.
+pub(super) fn installed(program: &str) -> Result<bool, String> {
+    match Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                return Err(format!(
+                    "{program} is not installed, and CI=true forbids skipping the tests that \
+                     need it"
+                ));
+            }
+            eprintln!("skipping: {program} not installed");
+            Ok(false)
+        }
+        Err(e) => Err(format!("cannot run {program}: {e}")),
+    }
+}
+
 /// Whether a server on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
+pub(super) fn ping(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

@@ -44,6 +44,7 @@ mod metrics;
 mod reply;
 mod scripts;
 mod settle;
+mod tls;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::analytics::StoredMetrics;
-use crate::config::redact_url;
+use crate::config::{redact_url, RedisTlsFiles};
 use claim::ClaimSchedule;
 pub use error::CALL_DEADLINE;
 use error::{bounded, CallError};
@@ -87,18 +88,18 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     /// Connects to `url` (the password never appears in errors or logs), and creates the
-    /// consumer group if it does not exist yet. Fails with [`BackendError::Unavailable`] when
-    /// Redis does not answer within about a second.
-    pub async fn connect(url: &str, prefix: &str, options: BackendOptions) -> BackendResult<Self> {
+    /// consumer group if it does not exist yet. A `rediss://` URL connects over TLS with the
+    /// certificates of `tls` (ignored for `redis://`). Fails with [`BackendError::Unavailable`]
+    /// when Redis does not answer within about a second, and at once, saying what to check,
+    /// when a TLS file cannot be read or the handshake is refused.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        tls: &RedisTlsFiles,
+        options: BackendOptions,
+    ) -> BackendResult<Self> {
         let redacted_url = redact_url(url);
-        if url.starts_with("rediss://") {
-            return Err(BackendError::Failed(format!(
-                "{redacted_url}: TLS (rediss://) is not supported by this build; \
-                 use redis:// (for example through a TLS-terminating proxy)"
-            )));
-        }
-        let client = ::redis::Client::open(url)
-            .map_err(|e| BackendError::Failed(format!("invalid redis URL {redacted_url}: {e}")))?;
+        let client = tls::client(url, &redacted_url, tls)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_DEADLINE))
@@ -112,7 +113,9 @@ impl RedisBackend {
         {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                return Err(CallError::Redis(e).into_backend("connect", &redacted_url));
+                let hint = tls::hint(url, &e);
+                let error = CallError::Redis(e).into_backend("connect", &redacted_url);
+                return Err(tls::with_hint(error, hint));
             }
             Err(_) => return Err(CallError::Deadline.into_backend("connect", &redacted_url)),
         };

@@ -1,0 +1,124 @@
+//! The analytics model (docs/api.md, `GET /analytics`) as counter increments.
+//!
+//! Every aggregate is a named map of `field -> number`, and applying an event is a list of
+//! [`Increment`]s. That shape is what every backend can apply atomically in one step (a SQLite
+//! transaction, one Lua script) together with the processed-id mark and the ack, which is how
+//! analytics stay exactly-once under redelivery. Reading turns the maps back into the typed
+//! [`AnalyticsSnapshot`] served at `/analytics`.
+//!
+//! - [`effect`]: what applying one event changes ([`effect_of`]) and the handlers' log lines.
+//! - [`counting`]: what settling a failed attempt counts, the one home of those rules.
+//! - [`stored`]: increments summed and stored, and how each map is read back.
+//! - [`snapshot`]: the `/analytics` document shaped from the stored maps.
+//! - [`bounds`], [`hll`]: the caps that keep the stored maps bounded.
+
+use crate::event::EventId;
+use crate::latency;
+
+pub mod bounds;
+pub mod counting;
+pub mod effect;
+pub mod hll;
+pub mod snapshot;
+pub mod stored;
+
+pub use bounds::Bounds;
+
+/// Names of the metric maps every backend stores.
+pub mod maps {
+    /// Pipeline-wide counters; fields are the names in [`super::counters`].
+    pub const COUNTERS: &str = "counters";
+    pub const EVENTS_BY_TYPE: &str = "events_by_type";
+    pub const SIGNUPS_BY_SOURCE: &str = "signups_by_source";
+    pub const SIGNUPS_BY_COUNTRY: &str = "signups_by_country";
+    pub const SUBSCRIPTIONS_BY_PLAN: &str = "subscriptions_by_plan";
+    pub const MRR_BY_PLAN: &str = "mrr_by_plan";
+    pub const USAGE_EVENTS_BY_FEATURE: &str = "usage_events_by_feature";
+    pub const USAGE_QUANTITY_BY_FEATURE: &str = "usage_quantity_by_feature";
+    /// Ranked map: backends return only its top entries ([`super::TOP_USERS`]).
+    pub const USAGE_BY_USER: &str = "usage_by_user";
+    /// Distinct-count map: backends return only its size.
+    pub const USERS: &str = "users";
+    pub const LATENCY_INGEST: &str = "latency_ingest_us";
+    pub const LATENCY_E2E: &str = "latency_e2e_us";
+    /// Prefix of the per-minute maps (`epm:<unix minute>`, field = event type). Backends may
+    /// forget them after [`super::MINUTE_WINDOW`] minutes.
+    pub const PER_MINUTE_PREFIX: &str = "epm:";
+
+    /// The per-minute map of a unix minute; fixed width so names sort by time.
+    pub fn per_minute(minute: i64) -> String {
+        format!("{PER_MINUTE_PREFIX}{minute:010}")
+    }
+}
+
+/// Field names of the [`maps::COUNTERS`] map.
+pub mod counters {
+    pub const RECEIVED: &str = "received";
+    pub const ACCEPTED: &str = "accepted";
+    pub const DUPLICATES: &str = "duplicates";
+    pub const REJECTED: &str = "rejected";
+    pub const PROCESSED: &str = "processed";
+    pub const FAILED: &str = "failed";
+    pub const RETRIED: &str = "retried";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const UNHANDLED: &str = "unhandled";
+    pub const ALL: [&str; 9] = [
+        RECEIVED,
+        ACCEPTED,
+        DUPLICATES,
+        REJECTED,
+        PROCESSED,
+        FAILED,
+        RETRIED,
+        DEAD_LETTERED,
+        UNHANDLED,
+    ];
+}
+
+/// How many users `/analytics` lists by usage.
+pub const TOP_USERS: usize = 10;
+/// How many minutes of per-minute counts are kept and shown.
+pub const MINUTE_WINDOW: i64 = 60;
+
+/// Add `by` to `map[field]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Increment {
+    pub map: String,
+    pub field: String,
+    pub by: f64,
+}
+
+impl Increment {
+    pub fn new(map: &str, field: impl Into<String>, by: f64) -> Self {
+        Increment {
+            map: map.to_string(),
+            field: field.into(),
+            by,
+        }
+    }
+
+    /// `+1` on a pipeline counter.
+    pub fn counter(name: &str) -> Self {
+        Increment::new(maps::COUNTERS, name, 1.0)
+    }
+
+    /// One latency sample into a histogram map.
+    pub fn latency(map: &str, micros: u64) -> Self {
+        Increment::new(map, latency::bucket_of(micros).to_string(), 1.0)
+    }
+}
+
+/// What applying one event changes; applied at most once per event id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    pub event_id: EventId,
+    pub increments: Vec<Increment>,
+}
+
+pub use counting::FailureCounts;
+pub use effect::{describe, effect_of, monthly_amount};
+pub use snapshot::*;
+pub use stored::{add_to_maps, MapShape, Maps, StoredMetrics, Sums};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! The memory backend's state and the steps taken under its lock.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use super::super::*;
+use super::users::{DistinctUsers, TopUsers};
+use crate::analytics::bounds::{self, DimensionCap};
+use crate::analytics::{maps, Bounds, MapShape, Maps, Sums};
+
+/// One queued event.
+pub(super) struct Entry {
+    pub(super) event_id: EventId,
+    pub(super) payload: String,
+    /// Failed attempts so far.
+    pub(super) failures: u32,
+    /// Claim token and expiry (epoch ms) of the current lease, if leased.
+    pub(super) lease: Option<(u64, i64)>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    /// Event id -> expiry (epoch ms) of its duplicate mark.
+    pub(super) seen: HashMap<EventId, i64>,
+    /// Event id -> expiry (epoch ms) of its applied mark.
+    pub(super) processed: HashMap<EventId, i64>,
+    /// Delivery id -> expiry (epoch ms) of its [`DeliveryMark`].
+    pub(super) deliveries: HashMap<String, i64>,
+    pub(super) entries: HashMap<u64, Entry>,
+    /// Entry keys ready to claim, oldest first.
+    pub(super) ready: VecDeque<u64>,
+    /// (lease expiry ms, key) of leased entries.
+    pub(super) leased: BTreeSet<(i64, u64)>,
+    /// (due ms, key) of entries waiting for a retry.
+    pub(super) delayed: BTreeSet<(i64, u64)>,
+    pub(super) dlq: Vec<DeadLetter>,
+    /// Every summed map (the distinct and ranked ones are below).
+    pub(super) metrics: Maps,
+    /// Distinct users: exact while small, then estimated.
+    pub(super) users: DistinctUsers,
+    /// Usage per user, bounded top-K.
+    pub(super) top_users: TopUsers,
+    pub(super) next_key: u64,
+    pub(super) next_token: u64,
+    /// When expired id marks are next swept (epoch ms).
+    pub(super) next_prune: i64,
+}
+
+impl State {
+    /// Adds increments under the analytics [`Bounds`], decided here under the lock.
+    pub(super) fn add(&mut self, increments: &[Increment], bounds: &Bounds) {
+        let sums = Sums::of(increments);
+        let mut caps: HashMap<&str, DimensionCap> = HashMap::new();
+        for (map, field, by) in bounds::in_order(&sums) {
+            match MapShape::of(map) {
+                MapShape::Distinct => self.users.insert(field, bounds),
+                MapShape::Ranked => self.top_users.add(field, by, bounds),
+                MapShape::Summed => {
+                    let stored = self.metrics.entry(map.to_string()).or_default();
+                    let field = if bounds::is_capped(map) {
+                        let cap = caps.entry(map).or_insert_with(|| {
+                            let named = stored.len()
+                                - bounds::always_named_fields(map)
+                                    .filter(|f| stored.contains_key(*f))
+                                    .count();
+                            DimensionCap::new(named, bounds)
+                        });
+                        cap.target(map, field, stored.contains_key(field))
+                    } else {
+                        field
+                    };
+                    *stored.entry(field.to_string()).or_insert(0.0) += by;
+                }
+            }
+        }
+    }
+
+    /// Adds one to each of the counters `names`.
+    pub(super) fn count(&mut self, names: &[&str]) {
+        for name in names {
+            *self
+                .metrics
+                .entry(maps::COUNTERS.to_string())
+                .or_default()
+                .entry(name.to_string())
+                .or_insert(0.0) += 1.0;
+        }
+    }
+
+    pub(super) fn push(&mut self, event_id: EventId, payload: String, failures: u32) {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.entries.insert(
+            key,
+            Entry {
+                event_id,
+                payload,
+                failures,
+                lease: None,
+            },
+        );
+        self.ready.push_back(key);
+    }
+
+    /// Moves expired leases and due retries back to `ready`.
+    pub(super) fn promote(&mut self, now: i64) {
+        while let Some(&(until, key)) = self.leased.first() {
+            if until > now {
+                break;
+            }
+            self.leased.pop_first();
+            if let Some(e) = self.entries.get_mut(&key) {
+                if e.lease.is_some_and(|(_, u)| u == until) {
+                    e.lease = None;
+                    self.ready.push_back(key);
+                }
+            }
+        }
+        while let Some(&(due, key)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if self.entries.contains_key(&key) {
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// The entry a lease names, if that lease is still its current one.
+    pub(super) fn leased_entry(&self, lease: &Lease) -> Option<u64> {
+        let Lease::Memory { key, token } = *lease else {
+            return None;
+        };
+        (self.entries.get(&key)?.lease?.0 == token).then_some(key)
+    }
+
+    /// Ends the lease of an entry, if any.
+    pub(super) fn unlease(&mut self, key: u64) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            if let Some((_, until)) = e.lease.take() {
+                self.leased.remove(&(until, key));
+            }
+        }
+    }
+
+    pub(super) fn release(&mut self, key: u64) -> Option<Entry> {
+        self.unlease(key);
+        self.entries.remove(&key)
+    }
+}

@@ -121,6 +121,7 @@ fn selection(value: Value) -> Result<DlqSelection, ApiError> {
 #[utoipa::path(
     post,
     path = "/dlq/replay",
+    security(("admin_token" = [])),
     request_body(content = crate::openapi::ReplayRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "dead letters moved back to the queue", body = Replayed),
@@ -151,6 +152,7 @@ pub(crate) async fn replay(
 #[utoipa::path(
     post,
     path = "/dlq/purge",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "dead letters deleted", body = Purged),
         (status = 401, description = "`unauthorized`", body = crate::error::ErrorBody, headers(("WWW-Authenticate" = String))),

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     Array, ArrayBuilder, ContentBuilder, HeaderBuilder, Object, ObjectBuilder, Ref, ResponseBuilder,
 };
@@ -142,9 +143,28 @@ pub(crate) fn dlq_offset() -> Object {
         spec,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&CommonAnswers)
+    modifiers(&CommonAnswers, &AdminToken)
 )]
 pub struct ApiDoc;
+
+/// `Authorization: Bearer <DAY15_ADMIN_TOKEN>` of the admin routes (and `/dlq` once the token
+/// is set).
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("DAY15_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Adds the answers every route can give (docs/api.md, "Answers every route can give").
 struct CommonAnswers;

@@ -31,6 +31,7 @@ pub fn bucket_value(bucket: u32) -> f64 {
 
 /// Percentiles of one histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Percentiles {
     pub count: u64,
     pub p50_ms: f64,

@@ -31,6 +31,7 @@ pub fn json_percentiles(p: Percentiles) -> Percentiles {
 
 /// Ingest and end-to-end latency percentiles.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LatencyStats {
     /// Request received → 202 sent, per request.
     pub ingest: Percentiles,
@@ -40,6 +41,7 @@ pub struct LatencyStats {
 
 /// Counters, depths and latency of the whole pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PipelineStats {
     pub backend: String,
     pub received: u64,

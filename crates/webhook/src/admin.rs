@@ -61,13 +61,13 @@ fn check_bearer(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), ApiError
     }
 }
 
-#[derive(Serialize)]
-struct Replayed {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Replayed {
     replayed: u64,
 }
 
-#[derive(Serialize)]
-struct Purged {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Purged {
     purged: u64,
 }
 
@@ -118,6 +118,20 @@ fn selection(value: Value) -> Result<DlqSelection, ApiError> {
 }
 
 /// `POST /dlq/replay`: moves the selected dead letters back to the queue, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/dlq/replay",
+    security(("admin_token" = [])),
+    request_body(content = crate::openapi::ReplayRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "dead letters moved back to the queue", body = Replayed),
+        (status = 400, description = "`invalid_json` or `invalid_request`", body = crate::error::ErrorBody),
+        (status = 401, description = "`unauthorized`", body = crate::error::ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "`admin_disabled`", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = crate::error::ErrorBody),
+    )
+)]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     request: Request,
@@ -135,6 +149,16 @@ pub(crate) async fn replay(
 }
 
 /// `POST /dlq/purge`: deletes every dead letter.
+#[utoipa::path(
+    post,
+    path = "/dlq/purge",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "dead letters deleted", body = Purged),
+        (status = 401, description = "`unauthorized`", body = crate::error::ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "`admin_disabled`", body = crate::error::ErrorBody),
+    )
+)]
 pub(crate) async fn purge(
     State(state): State<AppState>,
     headers: HeaderMap,

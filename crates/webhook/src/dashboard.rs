@@ -37,6 +37,11 @@ pub(crate) const PAGE: &str = include_str!("../assets/dashboard.html");
 /// while a stream is open.
 pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
 
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    responses((status = 200, description = "the dashboard page", body = String, content_type = "text/html"))
+)]
 pub(crate) async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
@@ -188,6 +193,14 @@ fn too_many_streams(max: usize) -> Response {
 /// `{"analytics": …, "stats": …}`; one on connect, then at most once a second while something
 /// changed. Ends when the server shuts down, so graceful shutdown never waits on a dashboard.
 /// 429 with `Retry-After` while DAY15_MAX_SSE_CLIENTS streams are open.
+#[utoipa::path(
+    get,
+    path = "/analytics/stream",
+    responses(
+        (status = 200, description = "Server-Sent Events named `snapshot`", body = String, content_type = "text/event-stream"),
+        (status = 429, description = "`too_many_streams`", body = crate::error::ErrorBody, headers(("Retry-After" = u64))),
+    )
+)]
 pub(crate) async fn stream(
     State(app): State<AppState>,
     Extension(hub): Extension<Arc<StreamHub>>,

@@ -187,13 +187,20 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer (docs/api.md, Errors).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// Machine-readable code, e.g. `invalid_event`.
     error: &'static str,
+    /// For people; may change between versions.
     message: String,
+    /// On 400 answers: one entry per problem.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Option<Vec<FieldProblem>>)]
     details: &'a [FieldProblem],
+    /// On 400 answers: required fields that were absent.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Option<Vec<String>>)]
     missing: &'a [String],
 }
 

@@ -26,39 +26,39 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::{backend_call, body, AppState};
 
-#[derive(Serialize)]
-struct Accepted<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted<'a> {
     status: &'static str,
     event_id: &'a str,
     queued_at: String,
     latency_ms: f64,
 }
 
-#[derive(Serialize)]
-struct Ignored<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Ignored<'a> {
     status: &'static str,
     reason: &'static str,
     event_id: &'a str,
 }
 
-#[derive(Serialize)]
-struct BatchResults {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchResults {
     accepted: u64,
     duplicates: u64,
     errors: u64,
 }
 
 /// One refused event of a batch.
-#[derive(Serialize)]
-struct BatchError {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchError {
     index: usize,
     /// The event's `event_id` when it had a string one.
     event_id: Option<String>,
     error: String,
 }
 
-#[derive(Serialize)]
-struct BatchResponse {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchResponse {
     status: &'static str,
     results: BatchResults,
     total_events: usize,
@@ -129,6 +129,20 @@ impl AppState {
 }
 
 /// `POST /webhook/events`.
+#[utoipa::path(
+    post,
+    path = "/webhook/events",
+    request_body(content = crate::openapi::Event, content_type = "application/json"),
+    responses(
+        (status = 202, description = "accepted and stored", body = Accepted),
+        (status = 200, description = "duplicate `event_id` (or `webhook-id`): nothing stored", body = Ignored),
+        (status = 400, description = "`invalid_json`, `invalid_event` or `unreadable_body`", body = crate::error::ErrorBody),
+        (status = 401, description = "`invalid_signature`", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = crate::error::ErrorBody),
+        (status = 429, description = "`queue_full`", body = crate::error::ErrorBody, headers(("Retry-After" = u64))),
+    )
+)]
 pub(crate) async fn post_event(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     match ingest_event(&state, request, started).await {
@@ -204,6 +218,19 @@ async fn ingest_event(
 }
 
 /// `POST /webhook/batch`.
+#[utoipa::path(
+    post,
+    path = "/webhook/batch",
+    request_body(content = crate::openapi::Batch, content_type = "application/json"),
+    responses(
+        (status = 202, description = "judged element by element", body = BatchResponse),
+        (status = 400, description = "`invalid_json`, `invalid_batch` or `unreadable_body`", body = crate::error::ErrorBody),
+        (status = 401, description = "`invalid_signature`", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = crate::error::ErrorBody),
+        (status = 429, description = "`queue_full`", body = crate::error::ErrorBody, headers(("Retry-After" = u64))),
+    )
+)]
 pub(crate) async fn post_batch(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     match ingest_batch(&state, request, started).await {

@@ -41,6 +41,7 @@ pub mod dashboard;
 pub mod error;
 mod ingest;
 pub mod local_metrics;
+pub mod openapi;
 mod prometheus;
 mod read;
 mod server;
@@ -227,6 +228,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/purge", post(admin::purge))
         .route("/analytics/stream", get(dashboard::stream))
         .route("/dashboard", get(dashboard::page))
+        .route("/openapi.json", get(openapi::spec))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(streams))

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, RETRY_AFTER_SECONDS};
 use crate::{backend_call, prometheus, AppState};
 
-#[derive(Serialize)]
-struct Healthy {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Healthy {
     status: &'static str,
     backend: &'static str,
     queue_depth: u64,
@@ -28,8 +28,8 @@ struct Healthy {
     uptime_seconds: u64,
 }
 
-#[derive(Serialize)]
-struct Unhealthy {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Unhealthy {
     status: &'static str,
     reason: String,
     backend: &'static str,
@@ -38,6 +38,14 @@ struct Unhealthy {
 }
 
 /// `GET /health`: 200 when the backend answers, 503 with the reason when it does not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, description = "the backend answered", body = Healthy),
+        (status = 503, description = "the backend did not answer", body = Unhealthy, headers(("Retry-After" = u64))),
+    )
+)]
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let backend = state.backend().clone();
     let checked = backend_call(async {
@@ -90,14 +98,19 @@ impl AppState {
     }
 }
 
-#[derive(Serialize)]
-struct StatsBody {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsBody {
     #[serde(flatten)]
     stats: PipelineStats,
     uptime_seconds: u64,
 }
 
 /// `GET /stats`: [`PipelineStats`] plus this process's uptime.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    responses((status = 200, description = "pipeline-wide figures", body = StatsBody))
+)]
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (metrics, depths) = state.pipeline_figures().await?;
     let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
@@ -109,6 +122,14 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Api
 }
 
 /// `GET /metrics`: Prometheus text of the same figures; 404 when DAY15_METRICS_ENABLED=false.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 404, description = "`not_found`: DAY15_METRICS_ENABLED=false", body = crate::error::ErrorBody),
+    )
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !state.config().http.metrics_enabled {
         return Err(ApiError::NotFound(
@@ -129,6 +150,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 }
 
 /// `GET /analytics`: the aggregates (docs/api.md, `GET /analytics`).
+#[utoipa::path(
+    get,
+    path = "/analytics",
+    responses((status = 200, description = "the analytics aggregates", body = AnalyticsSnapshot))
+)]
 pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = backend_call(state.backend().metrics()).await?;
     Ok(Json(AnalyticsSnapshot::from_metrics(
@@ -143,14 +169,19 @@ pub const DLQ_DEFAULT_LIMIT: usize = 50;
 pub const DLQ_MAX_LIMIT: usize = 1000;
 
 /// Raw query of `/dlq`; numbers are parsed by hand so a bad value gets a clear 400.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DlqParams {
+    /// Page size, 1 to 1000 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Dead letters to skip (default 0).
+    #[param(schema_with = crate::openapi::dlq_offset)]
     offset: Option<String>,
 }
 
-#[derive(Serialize)]
-struct DlqPage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DlqPage {
     entries: Vec<DeadLetter>,
     total: u64,
     limit: usize,
@@ -190,6 +221,18 @@ fn parse_param(
 
 /// `GET /dlq?limit=&offset=`: dead letters, oldest first. They hold whole events (e-mail
 /// addresses and the like), so with DAY15_ADMIN_TOKEN set the bearer token is required (401).
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    // Open while DAY15_ADMIN_TOKEN is unset.
+    security((), ("admin_token" = [])),
+    params(DlqParams),
+    responses(
+        (status = 200, description = "dead letters, oldest first", body = DlqPage),
+        (status = 400, description = "`invalid_parameter`", body = crate::error::ErrorBody),
+        (status = 401, description = "`unauthorized` (only while DAY15_ADMIN_TOKEN is set)", body = crate::error::ErrorBody, headers(("WWW-Authenticate" = String))),
+    )
+)]
 pub(crate) async fn dlq_list(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -11,24 +11,28 @@ use crate::latency::{self, Percentiles};
 use crate::stats::{json_number, json_percentiles};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanFigures {
     pub count: u64,
     pub mrr: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureFigures {
     pub events: u64,
     pub quantity: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserUsage {
     pub user_id: String,
     pub quantity: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Signups {
     pub total: u64,
     pub by_source: BTreeMap<String, u64>,
@@ -36,6 +40,7 @@ pub struct Signups {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Subscriptions {
     pub total: u64,
     /// Monthly recurring revenue in the amounts' currency; annual plans count a twelfth.
@@ -44,6 +49,7 @@ pub struct Subscriptions {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub events: u64,
     pub quantity: u64,
@@ -52,6 +58,7 @@ pub struct Usage {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MinuteCounts {
     /// Start of the minute, RFC 3339 UTC.
     pub minute: String,
@@ -61,6 +68,7 @@ pub struct MinuteCounts {
 
 /// The `/analytics` document.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnalyticsSnapshot {
     pub generated_at: String,
     /// Events applied (known and unknown types).

@@ -261,7 +261,9 @@ impl Settlement {
 
 /// A dead-lettered event as listed by `/dlq` and `consumer dlq list`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub event_id: EventId,
     /// The stored event (the payload parsed back; a string if it was not JSON).
     pub event: serde_json::Value,

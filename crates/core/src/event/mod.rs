@@ -45,6 +45,7 @@ impl fmt::Display for EventId {
 
 /// One problem with one field, as returned in an error body's `details`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldProblem {
     pub field: String,
     pub problem: String,

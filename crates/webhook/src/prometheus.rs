@@ -15,17 +15,30 @@ use pipeline_core::analytics::{maps, StoredMetrics};
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
 
+use crate::own_metrics::{Histogram, OwnSnapshot, BOUNDS};
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds (seconds) of the exported latency histogram buckets.
-const BOUNDS: [f64; 18] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
-
-/// Renders every counter, depth gauge and latency histogram.
-pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u64) -> String {
-    let mut out = String::with_capacity(4096);
+/// Renders every counter, depth gauge and latency histogram: the pipeline's from the backend,
+/// then this process's own (`own`).
+pub fn render(
+    stats: &PipelineStats,
+    metrics: &StoredMetrics,
+    uptime_seconds: u64,
+    own: &OwnSnapshot,
+) -> String {
+    let mut out = String::with_capacity(8192);
+    header(
+        &mut out,
+        "day15_build_info",
+        "gauge",
+        "Always 1; the version label is this webhook's build",
+    );
+    let _ = writeln!(
+        out,
+        "day15_build_info{{version=\"{}\"}} 1",
+        label_value(env!("CARGO_PKG_VERSION"))
+    );
     let counters: [(&str, u64, &str); 9] = [
         (
             "received",
@@ -92,6 +105,20 @@ pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u6
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {value}");
     }
+    header(
+        &mut out,
+        "day15_events_processed_by_type_total",
+        "counter",
+        "Events applied by consumers, by event type (types beyond the dimension cap are merged)",
+    );
+    for (kind, n) in metrics.map(maps::EVENTS_BY_TYPE) {
+        let _ = writeln!(
+            out,
+            "day15_events_processed_by_type_total{{type=\"{}\"}} {}",
+            label_value(&kind),
+            sample_value(n.max(0.0).floor())
+        );
+    }
     histogram(
         &mut out,
         "day15_ingest_latency_seconds",
@@ -104,35 +131,147 @@ pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u6
         "Event latency, received_at to applied by a consumer",
         &metrics.map(maps::LATENCY_E2E),
     );
+    render_own(&mut out, own);
     out
+}
+
+/// This process's figures: backend reachability and calls, HTTP requests, process resources.
+fn render_own(out: &mut String, own: &OwnSnapshot) {
+    header(
+        out,
+        "day15_backend_up",
+        "gauge",
+        "1 when this webhook's last backend call succeeded, 0 otherwise",
+    );
+    let _ = writeln!(out, "day15_backend_up {}", u8::from(own.backend_up));
+    header(
+        out,
+        "day15_backend_call_duration_seconds",
+        "histogram",
+        "Duration of this webhook's backend calls, by operation",
+    );
+    for (operation, (h, _)) in &own.backend_calls {
+        histogram_samples(
+            out,
+            "day15_backend_call_duration_seconds",
+            &format!("operation=\"{operation}\""),
+            h,
+        );
+    }
+    header(
+        out,
+        "day15_backend_errors_total",
+        "counter",
+        "This webhook's backend calls that failed or timed out, by operation",
+    );
+    for (operation, (_, errors)) in &own.backend_calls {
+        let _ = writeln!(
+            out,
+            "day15_backend_errors_total{{operation=\"{operation}\"}} {errors}"
+        );
+    }
+    header(
+        out,
+        "day15_http_requests_total",
+        "counter",
+        "Requests answered by this webhook, by route template and status",
+    );
+    for ((route, status), n) in &own.http_requests {
+        let _ = writeln!(
+            out,
+            "day15_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            label_value(route)
+        );
+    }
+    header(
+        out,
+        "day15_http_request_duration_seconds",
+        "histogram",
+        "Duration of this webhook's requests, received to answered, by route template",
+    );
+    for (route, h) in &own.http_durations {
+        histogram_samples(
+            out,
+            "day15_http_request_duration_seconds",
+            &format!("route=\"{}\"", label_value(route)),
+            h,
+        );
+    }
+    if let Some(p) = own.process {
+        let families = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of this webhook process",
+                sample_value(p.cpu_seconds),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of this webhook process",
+                p.resident_memory_bytes.to_string(),
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors of this webhook process",
+                p.open_fds.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}.");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value in the exposition format: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One histogram from a backend `bucket -> count` map. Each stored bucket is counted under the
 /// first bound at or above its representative value (within ~2.5% of the true latency).
 fn histogram(out: &mut String, name: &str, help: &str, stored: &BTreeMap<String, f64>) {
-    let mut per_bound = [0u64; BOUNDS.len()];
-    let (mut count, mut sum) = (0u64, 0.0f64);
+    let mut h = Histogram::default();
     for (bucket, n) in stored {
         let (Ok(bucket), n) = (bucket.parse::<u32>(), n.max(0.0) as u64) else {
             continue;
         };
-        let seconds = latency::bucket_value(bucket) / 1_000_000.0;
-        if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
-            per_bound[i] = per_bound[i].saturating_add(n);
-        }
-        count = count.saturating_add(n);
-        sum += seconds * n as f64;
+        h.observe_n(latency::bucket_value(bucket) / 1_000_000.0, n);
     }
-    let _ = writeln!(out, "# HELP {name} {help}.");
-    let _ = writeln!(out, "# TYPE {name} histogram");
+    header(out, name, "histogram", help);
+    histogram_samples(out, name, "", &h);
+}
+
+/// The `_bucket`/`_sum`/`_count` samples of one histogram; `labels` (already formatted, may be
+/// empty) go before `le`.
+fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let braced = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let mut cumulative = 0u64;
-    for (bound, n) in BOUNDS.iter().zip(per_bound) {
+    for (bound, n) in BOUNDS.iter().zip(h.buckets) {
         cumulative = cumulative.saturating_add(n);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", sample_value(sum));
-    let _ = writeln!(out, "{name}_count {count}");
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{braced} {}", sample_value(h.sum));
+    let _ = writeln!(out, "{name}_count{braced} {}", h.count);
 }
 
 /// A float sample value in the exposition format: `+Inf`/`-Inf` for infinities (Rust would
@@ -166,7 +305,7 @@ mod tests {
             queue_depth: 3,
             ..Default::default()
         };
-        let text = render(&stats, &m, 5);
+        let text = render(&stats, &m, 5, &OwnSnapshot::default());
         assert!(text.contains("day15_events_accepted_total 7\n"), "{text}");
         assert!(text.contains("# TYPE day15_queue_depth gauge\nday15_queue_depth 3\n"));
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"0.00025\"} 0\n"));
@@ -189,7 +328,7 @@ mod tests {
         ];
         m.maps
             .insert(maps::LATENCY_INGEST.into(), histogram.into_iter().collect());
-        let text = render(&PipelineStats::default(), &m, 0);
+        let text = render(&PipelineStats::default(), &m, 0, &OwnSnapshot::default());
         let max = u64::MAX;
         assert!(
             text.contains(&format!("day15_ingest_latency_seconds_count {max}\n")),
@@ -209,6 +348,49 @@ mod tests {
             );
             assert!(!value.contains("NaN") && !value.starts_with('-'), "{line}");
         }
+    }
+
+    #[test]
+    fn own_figures_are_rendered_with_their_labels() {
+        let own = crate::own_metrics::OwnMetrics::default();
+        let ms = std::time::Duration::from_millis;
+        own.record_request("/webhook/events", 202, ms(3));
+        own.record_request("/webhook/events", 202, ms(30));
+        own.record_request("other", 404, ms(1));
+        own.record_backend_call("enqueue", ms(2), false);
+        own.record_backend_call("enqueue", ms(2), true);
+        let mut m = StoredMetrics::default();
+        m.add(&[Increment::new(maps::EVENTS_BY_TYPE, "odd\"ty\\pe", 3.0)]);
+        let text = render(&PipelineStats::default(), &m, 0, &own.snapshot());
+        for line in [
+            "day15_backend_up 1",
+            "day15_backend_errors_total{operation=\"enqueue\"} 1",
+            "day15_backend_call_duration_seconds_bucket{operation=\"enqueue\",le=\"0.0025\"} 2",
+            "day15_backend_call_duration_seconds_count{operation=\"enqueue\"} 2",
+            "day15_http_requests_total{route=\"/webhook/events\",status=\"202\"} 2",
+            "day15_http_requests_total{route=\"other\",status=\"404\"} 1",
+            "day15_http_request_duration_seconds_bucket{route=\"/webhook/events\",le=\"0.005\"} 1",
+            "day15_http_request_duration_seconds_bucket{route=\"/webhook/events\",le=\"0.05\"} 2",
+            "day15_http_request_duration_seconds_count{route=\"/webhook/events\"} 2",
+            "day15_events_processed_by_type_total{type=\"odd\\\"ty\\\\pe\"} 3",
+            "# TYPE day15_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        let empty = render(
+            &PipelineStats::default(),
+            &StoredMetrics::default(),
+            0,
+            &OwnSnapshot::default(),
+        );
+        assert!(empty.contains("day15_backend_up 0\n"));
+        assert!(
+            !empty.contains("process_open_fds"),
+            "no procfs figures in a default snapshot"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pipeline_core::stats::PipelineStats;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, RETRY_AFTER_SECONDS};
-use crate::{backend_call, prometheus, AppState};
+use crate::{prometheus, AppState};
 
 #[derive(Serialize)]
 struct Healthy {
@@ -40,11 +40,12 @@ struct Unhealthy {
 /// `GET /health`: 200 when the backend answers, 503 with the reason when it does not.
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let backend = state.backend().clone();
-    let checked = backend_call(async {
-        backend.ping().await?;
-        backend.depths().await
-    })
-    .await;
+    let checked = state
+        .call("ping", async {
+            backend.ping().await?;
+            backend.depths().await
+        })
+        .await;
     let timestamp = format_received_at(chrono::Utc::now());
     match checked {
         Ok(depths) => Json(Healthy {
@@ -86,7 +87,7 @@ impl AppState {
             metrics.add(&self.inner.local.peek().increments());
             Ok((metrics, depths))
         };
-        backend_call(read).await
+        self.call("metrics", read).await
     }
 }
 
@@ -117,7 +118,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     }
     let (metrics, depths) = state.pipeline_figures().await?;
     let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
-    let text = prometheus::render(&stats, &metrics, state.uptime_seconds());
+    let own = state.inner.own.snapshot();
+    let text = prometheus::render(&stats, &metrics, state.uptime_seconds(), &own);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -130,7 +132,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 
 /// `GET /analytics`: the aggregates (docs/api.md, `GET /analytics`).
 pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let metrics = backend_call(state.backend().metrics()).await?;
+    let metrics = state.call("metrics", state.backend().metrics()).await?;
     Ok(Json(AnalyticsSnapshot::from_metrics(
         &metrics,
         chrono::Utc::now(),
@@ -207,11 +209,12 @@ pub(crate) async fn dlq_list(
     )?;
     let offset = parse_param("offset", params.offset.as_deref(), 0, 0..=usize::MAX)?;
     let backend = state.backend();
-    let (entries, depths) = backend_call(async {
-        let (entries, depths) = tokio::join!(backend.dlq_list(limit, offset), backend.depths());
-        Ok((entries?, depths?))
-    })
-    .await?;
+    let (entries, depths) = state
+        .call("dlq_list", async {
+            let (entries, depths) = tokio::join!(backend.dlq_list(limit, offset), backend.depths());
+            Ok((entries?, depths?))
+        })
+        .await?;
     Ok(Json(DlqPage {
         entries,
         total: depths.dlq,

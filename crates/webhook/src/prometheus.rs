@@ -24,6 +24,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn render(
     stats: &PipelineStats,
     metrics: &StoredMetrics,
+    queue_oldest_age_seconds: f64,
     uptime_seconds: u64,
     own: &OwnSnapshot,
 ) -> String {
@@ -105,6 +106,18 @@ pub fn render(
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {value}");
     }
+    header(
+        &mut out,
+        "day15_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest event not yet applied (queued, in flight or waiting for a retry), \
+         from its received_at; 0 when the queue is empty",
+    );
+    let _ = writeln!(
+        out,
+        "day15_queue_oldest_age_seconds {}",
+        sample_value(queue_oldest_age_seconds.max(0.0))
+    );
     header(
         &mut out,
         "day15_events_processed_by_type_total",
@@ -305,8 +318,12 @@ mod tests {
             queue_depth: 3,
             ..Default::default()
         };
-        let text = render(&stats, &m, 5, &OwnSnapshot::default());
+        let text = render(&stats, &m, 2.5, 5, &OwnSnapshot::default());
         assert!(text.contains("day15_events_accepted_total 7\n"), "{text}");
+        assert!(
+            text.contains("day15_queue_oldest_age_seconds 2.5\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE day15_queue_depth gauge\nday15_queue_depth 3\n"));
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"0.00025\"} 0\n"));
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"0.0005\"} 2\n"));
@@ -328,7 +345,13 @@ mod tests {
         ];
         m.maps
             .insert(maps::LATENCY_INGEST.into(), histogram.into_iter().collect());
-        let text = render(&PipelineStats::default(), &m, 0, &OwnSnapshot::default());
+        let text = render(
+            &PipelineStats::default(),
+            &m,
+            0.0,
+            0,
+            &OwnSnapshot::default(),
+        );
         let max = u64::MAX;
         assert!(
             text.contains(&format!("day15_ingest_latency_seconds_count {max}\n")),
@@ -361,7 +384,7 @@ mod tests {
         own.record_backend_call("enqueue", ms(2), true);
         let mut m = StoredMetrics::default();
         m.add(&[Increment::new(maps::EVENTS_BY_TYPE, "odd\"ty\\pe", 3.0)]);
-        let text = render(&PipelineStats::default(), &m, 0, &own.snapshot());
+        let text = render(&PipelineStats::default(), &m, 0.0, 0, &own.snapshot());
         for line in [
             "day15_backend_up 1",
             "day15_backend_errors_total{operation=\"enqueue\"} 1",
@@ -383,10 +406,15 @@ mod tests {
         let empty = render(
             &PipelineStats::default(),
             &StoredMetrics::default(),
+            -3.0,
             0,
             &OwnSnapshot::default(),
         );
         assert!(empty.contains("day15_backend_up 0\n"));
+        assert!(
+            empty.contains("day15_queue_oldest_age_seconds 0\n"),
+            "never negative"
+        );
         assert!(
             !empty.contains("process_open_fds"),
             "no procfs figures in a default snapshot"

@@ -119,7 +119,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let (metrics, depths) = state.pipeline_figures().await?;
     let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
     let own = state.inner.own.snapshot();
-    let text = prometheus::render(&stats, &metrics, state.uptime_seconds(), &own);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let oldest_age = depths
+        .oldest_at
+        .map_or(0.0, |at| now_ms.saturating_sub(at).max(0) as f64 / 1000.0);
+    let text = prometheus::render(&stats, &metrics, oldest_age, state.uptime_seconds(), &own);
     Ok((
         [(
             header::CONTENT_TYPE,

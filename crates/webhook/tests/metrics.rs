@@ -78,6 +78,7 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
         "day15_backend_errors_total{operation=\"ping\"} 0".into(),
         "day15_events_processed_by_type_total{type=\"user_signup\"} 2".into(),
         "# TYPE process_cpu_seconds_total counter".into(),
+        "# TYPE day15_queue_oldest_age_seconds gauge".into(),
         "# TYPE process_resident_memory_bytes gauge".into(),
         "# TYPE process_open_fds gauge".into(),
     ] {
@@ -95,6 +96,13 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
         .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
         .and_then(|v| v.parse::<u64>().ok());
     assert!(rss.is_some_and(|b| b > 0), "{text}");
+
+    // One event queued, received moments ago (nothing consumes in this test).
+    let age = text
+        .lines()
+        .find_map(|l| l.strip_prefix("day15_queue_oldest_age_seconds "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(age.is_some_and(|a| (0.0..30.0).contains(&a)), "{age:?}");
 
     match promtool_check(&text) {
         Some((ok, report)) => assert!(ok, "promtool check metrics failed:\n{report}\n{text}"),

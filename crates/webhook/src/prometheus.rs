@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use pipeline_core::analytics::{maps, StoredMetrics};
+use pipeline_core::analytics::{maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS};
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
 
@@ -144,8 +144,74 @@ pub fn render(
         "Event latency, received_at to applied by a consumer",
         &metrics.map(maps::LATENCY_E2E),
     );
+    render_consumers(&mut out, metrics);
     render_own(&mut out, own);
     out
+}
+
+/// The maps of `metrics` named `<prefix><consumer>`, by consumer.
+fn per_consumer<'a>(
+    metrics: &'a StoredMetrics,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a BTreeMap<String, f64>)> {
+    metrics
+        .maps
+        .iter()
+        .filter_map(move |(name, map)| Some((name.strip_prefix(prefix)?, map)))
+}
+
+/// Batch histograms and last progress of every consumer that wrote them to the backend.
+fn render_consumers(out: &mut String, metrics: &StoredMetrics) {
+    let name = "day15_consumer_batch_size";
+    header(
+        out,
+        name,
+        "histogram",
+        "Events per settled batch, by consumer",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_BATCH_SIZE_PREFIX) {
+        let labels = format!("consumer=\"{}\"", label_value(consumer));
+        let (mut count, mut sum, mut cumulative) = (0u64, 0.0f64, 0u64);
+        let n = |bucket: &str| stored.get(bucket).map_or(0, |n| n.max(0.0) as u64);
+        for bound in CONSUMER_BATCH_SIZE_BOUNDS {
+            let k = n(&bound.to_string());
+            cumulative = cumulative.saturating_add(k);
+            // Each batch counted at its bucket's bound: an upper estimate of the sum.
+            sum += bound as f64 * k as f64;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        count = count.saturating_add(cumulative).saturating_add(n("+Inf"));
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sample_value(sum));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+    let name = "day15_consumer_batch_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Duration of settled batches, decided to settled, by consumer",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_BATCH_DURATION_PREFIX) {
+        let labels = format!("consumer=\"{}\"", label_value(consumer));
+        histogram_samples(out, name, &labels, &latency_histogram(stored));
+    }
+    let name = "day15_consumer_last_progress_timestamp_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "Unix time of the consumer's last settled batch",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_PROGRESS_PREFIX) {
+        let at = stored.get(LAST_PROGRESS).copied().unwrap_or(0.0).max(0.0);
+        let _ = writeln!(
+            out,
+            "{name}{{consumer=\"{}\"}} {}",
+            label_value(consumer),
+            sample_value(at.round())
+        );
+    }
 }
 
 /// This process's figures: backend reachability and calls, HTTP requests, process resources.
@@ -254,6 +320,12 @@ fn label_value(value: &str) -> String {
 /// One histogram from a backend `bucket -> count` map. Each stored bucket is counted under the
 /// first bound at or above its representative value (within ~2.5% of the true latency).
 fn histogram(out: &mut String, name: &str, help: &str, stored: &BTreeMap<String, f64>) {
+    header(out, name, "histogram", help);
+    histogram_samples(out, name, "", &latency_histogram(stored));
+}
+
+/// A backend latency map (`bucket -> count`, microsecond buckets) over [`BOUNDS`].
+fn latency_histogram(stored: &BTreeMap<String, f64>) -> Histogram {
     let mut h = Histogram::default();
     for (bucket, n) in stored {
         let (Ok(bucket), n) = (bucket.parse::<u32>(), n.max(0.0) as u64) else {
@@ -261,8 +333,7 @@ fn histogram(out: &mut String, name: &str, help: &str, stored: &BTreeMap<String,
         };
         h.observe_n(latency::bucket_value(bucket) / 1_000_000.0, n);
     }
-    header(out, name, "histogram", help);
-    histogram_samples(out, name, "", &h);
+    h
 }
 
 /// The `_bucket`/`_sum`/`_count` samples of one histogram; `labels` (already formatted, may be
@@ -419,6 +490,43 @@ mod tests {
             !empty.contains("process_open_fds"),
             "no procfs figures in a default snapshot"
         );
+    }
+
+    #[test]
+    fn consumer_figures_are_rendered_per_consumer() {
+        let mut m = StoredMetrics::default();
+        m.add(&[
+            Increment::new("consumer_batch_size:consumer-1", "5", 2.0),
+            Increment::new("consumer_batch_size:consumer-1", "+Inf", 1.0),
+            Increment::latency("consumer_batch_duration_us:consumer-1", 3_000),
+            Increment::new(
+                "consumer_progress:consumer-1",
+                LAST_PROGRESS,
+                1_765_879_200.0,
+            ),
+        ]);
+        let text = render(
+            &PipelineStats::default(),
+            &m,
+            0.0,
+            0,
+            &OwnSnapshot::default(),
+        );
+        for line in [
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"2\"} 0",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"5\"} 2",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"50000\"} 2",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"+Inf\"} 3",
+            "day15_consumer_batch_size_count{consumer=\"consumer-1\"} 3",
+            "day15_consumer_batch_duration_seconds_bucket{consumer=\"consumer-1\",le=\"0.005\"} 1",
+            "day15_consumer_batch_duration_seconds_count{consumer=\"consumer-1\"} 1",
+            "day15_consumer_last_progress_timestamp_seconds{consumer=\"consumer-1\"} 1765879200",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 
     #[test]

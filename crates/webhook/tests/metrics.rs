@@ -42,11 +42,13 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
     let server = ServerHandle::start().await;
     server
         .backend
-        .record(vec![Increment::new(
-            maps::EVENTS_BY_TYPE,
-            "user_signup",
-            2.0,
-        )])
+        .record(vec![
+            Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 2.0),
+            // As a consumer writes its batch figures (crates/consumer/src/figures.rs).
+            Increment::new("consumer_batch_size:consumer-1", "10", 4.0),
+            Increment::latency("consumer_batch_duration_us:consumer-1", 2_000),
+            Increment::new("consumer_progress:consumer-1", "last_unix_seconds", 1.7e9),
+        ])
         .await
         .unwrap();
     assert_eq!(
@@ -79,6 +81,9 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
         "day15_events_processed_by_type_total{type=\"user_signup\"} 2".into(),
         "# TYPE process_cpu_seconds_total counter".into(),
         "# TYPE day15_queue_oldest_age_seconds gauge".into(),
+        "day15_consumer_batch_size_count{consumer=\"consumer-1\"} 4".into(),
+        "day15_consumer_batch_duration_seconds_count{consumer=\"consumer-1\"} 1".into(),
+        "day15_consumer_last_progress_timestamp_seconds{consumer=\"consumer-1\"} 1700000000".into(),
         "# TYPE process_resident_memory_bytes gauge".into(),
         "# TYPE process_open_fds gauge".into(),
     ] {

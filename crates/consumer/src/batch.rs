@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dashboard_push::{BatchDeltas, DashboardPublisher};
 use crate::decide::{decide, HandlerSettings};
+use crate::figures::BatchFigures;
 use crate::retry::OutageBackoff;
 use crate::stats::ProcessingStats;
 
@@ -89,6 +90,9 @@ struct Decided {
     settlements: Vec<Settlement>,
     outcomes: Vec<crate::decide::Outcome>,
     deltas: Option<BatchDeltas>,
+    /// When the batch was taken in hand (its claim answered, deciding starts): its duration
+    /// runs from here to settled.
+    claimed_at: Instant,
 }
 
 /// A backend call that has been sent and whose answer is collected later.
@@ -144,6 +148,8 @@ pub struct Consumer {
     hold_batch: Option<u64>,
     /// Batches claimed so far, counting the one being decided: what `hold_batch` refers to.
     batches_claimed: u64,
+    /// Batch sizes, durations and last progress not yet written to the backend.
+    figures: BatchFigures,
 }
 
 impl Consumer {
@@ -157,6 +163,7 @@ impl Consumer {
         Ok(Consumer {
             backend,
             stats: ProcessingStats::new(name.clone()),
+            figures: BatchFigures::new(&name),
             name,
             batch_size: config.consumer.batch_size,
             batch_timeout: config.consumer.batch_timeout.max(MIN_CLAIM_WAIT),
@@ -222,6 +229,9 @@ impl Consumer {
                     batch = self.claimed(next).await;
                 }
             }
+            if self.figures.due() {
+                self.figures.flush(self.backend.as_ref()).await;
+            }
             if Instant::now() >= next_report {
                 self.refresh_dashboard_counts();
                 self.stats.log();
@@ -236,6 +246,7 @@ impl Consumer {
             let last = self.send_settle(self.decide(batch)).await;
             self.complete(last, &shutdown).await;
         }
+        self.figures.flush(self.backend.as_ref()).await;
         if let Some(dashboard) = self.dashboard.take() {
             self.stats.dashboard = Some(dashboard.close(DASHBOARD_GRACE).await);
         }
@@ -300,6 +311,7 @@ impl Consumer {
 
     /// Decides every event of the batch: pure computation, nothing is waited on.
     fn decide(&self, batch: Vec<Delivery>) -> Decided {
+        let claimed_at = Instant::now();
         tracing::info!("Processing batch of {} events", batch.len());
         let mut deltas = self
             .dashboard
@@ -323,6 +335,7 @@ impl Consumer {
             settlements,
             outcomes,
             deltas,
+            claimed_at,
         }
     }
 
@@ -400,6 +413,8 @@ impl Consumer {
         }
 
         self.stats.batches += 1;
+        self.figures
+            .batch(outcomes.len(), decided.claimed_at.elapsed());
         let mut success = 0;
         for outcome in &outcomes {
             self.stats.record(outcome);

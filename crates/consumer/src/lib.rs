@@ -23,6 +23,7 @@ pub mod cli;
 pub mod dashboard_push;
 pub mod decide;
 pub mod dlq;
+pub mod figures;
 pub mod retry;
 pub mod stats;
 

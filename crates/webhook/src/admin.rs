@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::{backend_call, body, AppState};
+use crate::{body, AppState};
 
 pub(crate) fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -143,7 +143,9 @@ pub(crate) async fn replay(
         body::read_limited(&parts.headers, body, state.config().http.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
     let which = selection(value)?;
-    let replayed = backend_call(state.backend().dlq_replay(which)).await?;
+    let replayed = state
+        .call("dlq_replay", state.backend().dlq_replay(which))
+        .await?;
     tracing::info!("DLQ replay: {replayed} events moved back to the queue");
     Ok(Json(Replayed { replayed }).into_response())
 }
@@ -164,7 +166,7 @@ pub(crate) async fn purge(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize_admin(&headers)?;
-    let purged = backend_call(state.backend().dlq_purge()).await?;
+    let purged = state.call("dlq_purge", state.backend().dlq_purge()).await?;
     tracing::warn!("DLQ purge: {purged} dead-lettered events deleted");
     Ok(Json(Purged { purged }).into_response())
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::{backend_call, body, AppState};
+use crate::{body, AppState};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted<'a> {
@@ -165,7 +165,12 @@ async fn ingest_event(
     let queued = QueuedEvent::of(&event);
 
     let delivery = delivery_id(&mark);
-    let outcomes = backend_call(state.backend().enqueue_delivery(vec![queued], mark)).await?;
+    let outcomes = state
+        .call(
+            "enqueue",
+            state.backend().enqueue_delivery(vec![queued], mark),
+        )
+        .await?;
     let Some(&outcome) = outcomes.first() else {
         return Err(ApiError::Unavailable(
             "backend returned no outcome for the event".into(),
@@ -356,7 +361,9 @@ async fn ingest_batch(
     let outcomes = if queued.is_empty() {
         Vec::new()
     } else {
-        backend_call(state.backend().enqueue_delivery(queued, mark)).await?
+        state
+            .call("enqueue", state.backend().enqueue_delivery(queued, mark))
+            .await?
     };
     if outcomes.len() != kinds.len() {
         return Err(ApiError::Unavailable(format!(

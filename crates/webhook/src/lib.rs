@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -42,6 +42,7 @@ pub mod error;
 mod ingest;
 pub mod local_metrics;
 pub mod openapi;
+mod own_metrics;
 mod prometheus;
 mod read;
 mod server;
@@ -51,6 +52,7 @@ mod web_security;
 use error::ApiError;
 pub use ingest::{parse_batch, RefusedEvent};
 use local_metrics::LocalMetrics;
+use own_metrics::OwnMetrics;
 use signature::{SignatureVerifier, WebhookSecret};
 
 /// Longest any backend call may take before the request is answered 503. Below one second so
@@ -91,6 +93,8 @@ struct Shared {
     admin_token_digest: Option<[u8; 32]>,
     /// Counts not yet flushed to the backend.
     local: LocalMetrics,
+    /// This process's own figures (HTTP requests, backend calls, process) for `/metrics`.
+    own: OwnMetrics,
     /// Last known queue depth (refreshed in the background, bumped by our own accepts), so
     /// load shedding costs no backend round trip.
     queue_depth: AtomicU64,
@@ -129,6 +133,7 @@ impl AppState {
                 verifier,
                 admin_token_digest,
                 local: LocalMetrics::default(),
+                own: OwnMetrics::default(),
                 queue_depth: AtomicU64::new(0),
                 last_capacity_warning: AtomicI64::new(0),
                 started: Instant::now(),
@@ -157,7 +162,7 @@ impl AppState {
 
     /// Refreshes the cached queue depth from the backend.
     async fn refresh_depth(&self) -> Result<(), ApiError> {
-        let depths = backend_call(self.backend().depths()).await?;
+        let depths = self.call("depths", self.backend().depths()).await?;
         self.inner
             .queue_depth
             .store(depths.queue, Ordering::Relaxed);
@@ -172,7 +177,10 @@ impl AppState {
         if counts.is_empty() {
             return Ok(());
         }
-        match backend_call(self.backend().record(counts.increments())).await {
+        match self
+            .call("record", self.backend().record(counts.increments()))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.inner.local.restore(&counts);
@@ -195,6 +203,24 @@ impl AppState {
         {
             tracing::warn!("Refusing requests ({}): {error}", error.status().as_u16());
         }
+    }
+}
+
+impl AppState {
+    /// [`backend_call`], timed and counted under `operation` in this process's figures
+    /// (`day15_backend_call_duration_seconds`, `day15_backend_errors_total`,
+    /// `day15_backend_up`).
+    pub(crate) async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = BackendResult<T>>,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = backend_call(call).await;
+        self.inner
+            .own
+            .record_backend_call(operation, started.elapsed(), result.is_ok());
+        result
     }
 }
 
@@ -258,9 +284,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Middleware: counts the request as in flight until its answer is ready.
+/// Middleware: counts the request as in flight until its answer is ready, then counts it by
+/// route template (`other` when none matched, so 404 paths never become label values) and
+/// status in this process's figures.
 async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    state.inner.requests.track_future(next.run(request)).await
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let response = state.inner.requests.track_future(next.run(request)).await;
+    state.inner.own.record_request(
+        route.as_deref().unwrap_or(own_metrics::OTHER_ROUTE),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn not_found(request: Request) -> ApiError {

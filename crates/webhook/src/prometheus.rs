@@ -11,21 +11,35 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use pipeline_core::analytics::{maps, StoredMetrics};
+use pipeline_core::analytics::{maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS};
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
 
+use crate::own_metrics::{Histogram, OwnSnapshot, BOUNDS};
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds (seconds) of the exported latency histogram buckets.
-const BOUNDS: [f64; 18] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
-
-/// Renders every counter, depth gauge and latency histogram.
-pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u64) -> String {
-    let mut out = String::with_capacity(4096);
+/// Renders every counter, depth gauge and latency histogram: the pipeline's from the backend,
+/// then this process's own (`own`).
+pub fn render(
+    stats: &PipelineStats,
+    metrics: &StoredMetrics,
+    queue_oldest_age_seconds: f64,
+    uptime_seconds: u64,
+    own: &OwnSnapshot,
+) -> String {
+    let mut out = String::with_capacity(8192);
+    header(
+        &mut out,
+        "day15_build_info",
+        "gauge",
+        "Always 1; the version label is this webhook's build",
+    );
+    let _ = writeln!(
+        out,
+        "day15_build_info{{version=\"{}\"}} 1",
+        label_value(env!("CARGO_PKG_VERSION"))
+    );
     let counters: [(&str, u64, &str); 9] = [
         (
             "received",
@@ -92,6 +106,32 @@ pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u6
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {value}");
     }
+    header(
+        &mut out,
+        "day15_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest event not yet applied (queued, in flight or waiting for a retry), \
+         from its received_at; 0 when the queue is empty",
+    );
+    let _ = writeln!(
+        out,
+        "day15_queue_oldest_age_seconds {}",
+        sample_value(queue_oldest_age_seconds.max(0.0))
+    );
+    header(
+        &mut out,
+        "day15_events_processed_by_type_total",
+        "counter",
+        "Events applied by consumers, by event type (types beyond the dimension cap are merged)",
+    );
+    for (kind, n) in metrics.map(maps::EVENTS_BY_TYPE) {
+        let _ = writeln!(
+            out,
+            "day15_events_processed_by_type_total{{type=\"{}\"}} {}",
+            label_value(&kind),
+            sample_value(n.max(0.0).floor())
+        );
+    }
     histogram(
         &mut out,
         "day15_ingest_latency_seconds",
@@ -104,35 +144,218 @@ pub fn render(stats: &PipelineStats, metrics: &StoredMetrics, uptime_seconds: u6
         "Event latency, received_at to applied by a consumer",
         &metrics.map(maps::LATENCY_E2E),
     );
+    render_consumers(&mut out, metrics);
+    render_own(&mut out, own);
     out
+}
+
+/// The maps of `metrics` named `<prefix><consumer>`, by consumer.
+fn per_consumer<'a>(
+    metrics: &'a StoredMetrics,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a BTreeMap<String, f64>)> {
+    metrics
+        .maps
+        .iter()
+        .filter_map(move |(name, map)| Some((name.strip_prefix(prefix)?, map)))
+}
+
+/// Batch histograms and last progress of every consumer that wrote them to the backend.
+fn render_consumers(out: &mut String, metrics: &StoredMetrics) {
+    let name = "day15_consumer_batch_size";
+    header(
+        out,
+        name,
+        "histogram",
+        "Events per settled batch, by consumer",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_BATCH_SIZE_PREFIX) {
+        let labels = format!("consumer=\"{}\"", label_value(consumer));
+        let (mut count, mut sum, mut cumulative) = (0u64, 0.0f64, 0u64);
+        let n = |bucket: &str| stored.get(bucket).map_or(0, |n| n.max(0.0) as u64);
+        for bound in CONSUMER_BATCH_SIZE_BOUNDS {
+            let k = n(&bound.to_string());
+            cumulative = cumulative.saturating_add(k);
+            // Each batch counted at its bucket's bound: an upper estimate of the sum.
+            sum += bound as f64 * k as f64;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        count = count.saturating_add(cumulative).saturating_add(n("+Inf"));
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sample_value(sum));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+    let name = "day15_consumer_batch_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Duration of settled batches, decided to settled, by consumer",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_BATCH_DURATION_PREFIX) {
+        let labels = format!("consumer=\"{}\"", label_value(consumer));
+        histogram_samples(out, name, &labels, &latency_histogram(stored));
+    }
+    let name = "day15_consumer_last_progress_timestamp_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "Unix time of the consumer's last settled batch",
+    );
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_PROGRESS_PREFIX) {
+        let at = stored.get(LAST_PROGRESS).copied().unwrap_or(0.0).max(0.0);
+        let _ = writeln!(
+            out,
+            "{name}{{consumer=\"{}\"}} {}",
+            label_value(consumer),
+            sample_value(at.round())
+        );
+    }
+}
+
+/// This process's figures: backend reachability and calls, HTTP requests, process resources.
+fn render_own(out: &mut String, own: &OwnSnapshot) {
+    header(
+        out,
+        "day15_backend_up",
+        "gauge",
+        "1 when this webhook's last backend call succeeded, 0 otherwise",
+    );
+    let _ = writeln!(out, "day15_backend_up {}", u8::from(own.backend_up));
+    header(
+        out,
+        "day15_backend_call_duration_seconds",
+        "histogram",
+        "Duration of this webhook's backend calls, by operation",
+    );
+    for (operation, (h, _)) in &own.backend_calls {
+        histogram_samples(
+            out,
+            "day15_backend_call_duration_seconds",
+            &format!("operation=\"{operation}\""),
+            h,
+        );
+    }
+    header(
+        out,
+        "day15_backend_errors_total",
+        "counter",
+        "This webhook's backend calls that failed or timed out, by operation",
+    );
+    for (operation, (_, errors)) in &own.backend_calls {
+        let _ = writeln!(
+            out,
+            "day15_backend_errors_total{{operation=\"{operation}\"}} {errors}"
+        );
+    }
+    header(
+        out,
+        "day15_http_requests_total",
+        "counter",
+        "Requests answered by this webhook, by route template and status",
+    );
+    for ((route, status), n) in &own.http_requests {
+        let _ = writeln!(
+            out,
+            "day15_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            label_value(route)
+        );
+    }
+    header(
+        out,
+        "day15_http_request_duration_seconds",
+        "histogram",
+        "Duration of this webhook's requests, received to answered, by route template",
+    );
+    for (route, h) in &own.http_durations {
+        histogram_samples(
+            out,
+            "day15_http_request_duration_seconds",
+            &format!("route=\"{}\"", label_value(route)),
+            h,
+        );
+    }
+    if let Some(p) = own.process {
+        let families = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of this webhook process",
+                sample_value(p.cpu_seconds),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of this webhook process",
+                p.resident_memory_bytes.to_string(),
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors of this webhook process",
+                p.open_fds.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}.");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value in the exposition format: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One histogram from a backend `bucket -> count` map. Each stored bucket is counted under the
 /// first bound at or above its representative value (within ~2.5% of the true latency).
 fn histogram(out: &mut String, name: &str, help: &str, stored: &BTreeMap<String, f64>) {
-    let mut per_bound = [0u64; BOUNDS.len()];
-    let (mut count, mut sum) = (0u64, 0.0f64);
+    header(out, name, "histogram", help);
+    histogram_samples(out, name, "", &latency_histogram(stored));
+}
+
+/// A backend latency map (`bucket -> count`, microsecond buckets) over [`BOUNDS`].
+fn latency_histogram(stored: &BTreeMap<String, f64>) -> Histogram {
+    let mut h = Histogram::default();
     for (bucket, n) in stored {
         let (Ok(bucket), n) = (bucket.parse::<u32>(), n.max(0.0) as u64) else {
             continue;
         };
-        let seconds = latency::bucket_value(bucket) / 1_000_000.0;
-        if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
-            per_bound[i] = per_bound[i].saturating_add(n);
-        }
-        count = count.saturating_add(n);
-        sum += seconds * n as f64;
+        h.observe_n(latency::bucket_value(bucket) / 1_000_000.0, n);
     }
-    let _ = writeln!(out, "# HELP {name} {help}.");
-    let _ = writeln!(out, "# TYPE {name} histogram");
+    h
+}
+
+/// The `_bucket`/`_sum`/`_count` samples of one histogram; `labels` (already formatted, may be
+/// empty) go before `le`.
+fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let braced = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let mut cumulative = 0u64;
-    for (bound, n) in BOUNDS.iter().zip(per_bound) {
+    for (bound, n) in BOUNDS.iter().zip(h.buckets) {
         cumulative = cumulative.saturating_add(n);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", sample_value(sum));
-    let _ = writeln!(out, "{name}_count {count}");
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{braced} {}", sample_value(h.sum));
+    let _ = writeln!(out, "{name}_count{braced} {}", h.count);
 }
 
 /// A float sample value in the exposition format: `+Inf`/`-Inf` for infinities (Rust would
@@ -166,8 +389,12 @@ mod tests {
             queue_depth: 3,
             ..Default::default()
         };
-        let text = render(&stats, &m, 5);
+        let text = render(&stats, &m, 2.5, 5, &OwnSnapshot::default());
         assert!(text.contains("day15_events_accepted_total 7\n"), "{text}");
+        assert!(
+            text.contains("day15_queue_oldest_age_seconds 2.5\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE day15_queue_depth gauge\nday15_queue_depth 3\n"));
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"0.00025\"} 0\n"));
         assert!(text.contains("day15_ingest_latency_seconds_bucket{le=\"0.0005\"} 2\n"));
@@ -189,7 +416,13 @@ mod tests {
         ];
         m.maps
             .insert(maps::LATENCY_INGEST.into(), histogram.into_iter().collect());
-        let text = render(&PipelineStats::default(), &m, 0);
+        let text = render(
+            &PipelineStats::default(),
+            &m,
+            0.0,
+            0,
+            &OwnSnapshot::default(),
+        );
         let max = u64::MAX;
         assert!(
             text.contains(&format!("day15_ingest_latency_seconds_count {max}\n")),
@@ -208,6 +441,91 @@ mod tests {
                 "{line}"
             );
             assert!(!value.contains("NaN") && !value.starts_with('-'), "{line}");
+        }
+    }
+
+    #[test]
+    fn own_figures_are_rendered_with_their_labels() {
+        let own = crate::own_metrics::OwnMetrics::default();
+        let ms = std::time::Duration::from_millis;
+        own.record_request("/webhook/events", 202, ms(3));
+        own.record_request("/webhook/events", 202, ms(30));
+        own.record_request("other", 404, ms(1));
+        own.record_backend_call("enqueue", ms(2), false);
+        own.record_backend_call("enqueue", ms(2), true);
+        let mut m = StoredMetrics::default();
+        m.add(&[Increment::new(maps::EVENTS_BY_TYPE, "odd\"ty\\pe", 3.0)]);
+        let text = render(&PipelineStats::default(), &m, 0.0, 0, &own.snapshot());
+        for line in [
+            "day15_backend_up 1",
+            "day15_backend_errors_total{operation=\"enqueue\"} 1",
+            "day15_backend_call_duration_seconds_bucket{operation=\"enqueue\",le=\"0.0025\"} 2",
+            "day15_backend_call_duration_seconds_count{operation=\"enqueue\"} 2",
+            "day15_http_requests_total{route=\"/webhook/events\",status=\"202\"} 2",
+            "day15_http_requests_total{route=\"other\",status=\"404\"} 1",
+            "day15_http_request_duration_seconds_bucket{route=\"/webhook/events\",le=\"0.005\"} 1",
+            "day15_http_request_duration_seconds_bucket{route=\"/webhook/events\",le=\"0.05\"} 2",
+            "day15_http_request_duration_seconds_count{route=\"/webhook/events\"} 2",
+            "day15_events_processed_by_type_total{type=\"odd\\\"ty\\\\pe\"} 3",
+            "# TYPE day15_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        let empty = render(
+            &PipelineStats::default(),
+            &StoredMetrics::default(),
+            -3.0,
+            0,
+            &OwnSnapshot::default(),
+        );
+        assert!(empty.contains("day15_backend_up 0\n"));
+        assert!(
+            empty.contains("day15_queue_oldest_age_seconds 0\n"),
+            "never negative"
+        );
+        assert!(
+            !empty.contains("process_open_fds"),
+            "no procfs figures in a default snapshot"
+        );
+    }
+
+    #[test]
+    fn consumer_figures_are_rendered_per_consumer() {
+        let mut m = StoredMetrics::default();
+        m.add(&[
+            Increment::new("consumer_batch_size:consumer-1", "5", 2.0),
+            Increment::new("consumer_batch_size:consumer-1", "+Inf", 1.0),
+            Increment::latency("consumer_batch_duration_us:consumer-1", 3_000),
+            Increment::new(
+                "consumer_progress:consumer-1",
+                LAST_PROGRESS,
+                1_765_879_200.0,
+            ),
+        ]);
+        let text = render(
+            &PipelineStats::default(),
+            &m,
+            0.0,
+            0,
+            &OwnSnapshot::default(),
+        );
+        for line in [
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"2\"} 0",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"5\"} 2",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"50000\"} 2",
+            "day15_consumer_batch_size_bucket{consumer=\"consumer-1\",le=\"+Inf\"} 3",
+            "day15_consumer_batch_size_count{consumer=\"consumer-1\"} 3",
+            "day15_consumer_batch_duration_seconds_bucket{consumer=\"consumer-1\",le=\"0.005\"} 1",
+            "day15_consumer_batch_duration_seconds_count{consumer=\"consumer-1\"} 1",
+            "day15_consumer_last_progress_timestamp_seconds{consumer=\"consumer-1\"} 1765879200",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 

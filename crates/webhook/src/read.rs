@@ -16,7 +16,7 @@ use pipeline_core::stats::PipelineStats;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, RETRY_AFTER_SECONDS};
-use crate::{backend_call, prometheus, AppState};
+use crate::{prometheus, AppState};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Healthy {
@@ -48,11 +48,12 @@ pub(crate) struct Unhealthy {
 )]
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let backend = state.backend().clone();
-    let checked = backend_call(async {
-        backend.ping().await?;
-        backend.depths().await
-    })
-    .await;
+    let checked = state
+        .call("ping", async {
+            backend.ping().await?;
+            backend.depths().await
+        })
+        .await;
     let timestamp = format_received_at(chrono::Utc::now());
     match checked {
         Ok(depths) => Json(Healthy {
@@ -94,7 +95,7 @@ impl AppState {
             metrics.add(&self.inner.local.peek().increments());
             Ok((metrics, depths))
         };
-        backend_call(read).await
+        self.call("metrics", read).await
     }
 }
 
@@ -138,7 +139,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     }
     let (metrics, depths) = state.pipeline_figures().await?;
     let stats = PipelineStats::from_metrics(state.backend().name(), &metrics, depths);
-    let text = prometheus::render(&stats, &metrics, state.uptime_seconds());
+    let own = state.inner.own.snapshot();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let oldest_age = depths
+        .oldest_at
+        .map_or(0.0, |at| now_ms.saturating_sub(at).max(0) as f64 / 1000.0);
+    let text = prometheus::render(&stats, &metrics, oldest_age, state.uptime_seconds(), &own);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -156,7 +162,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     responses((status = 200, description = "the analytics aggregates", body = AnalyticsSnapshot))
 )]
 pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let metrics = backend_call(state.backend().metrics()).await?;
+    let metrics = state.call("metrics", state.backend().metrics()).await?;
     Ok(Json(AnalyticsSnapshot::from_metrics(
         &metrics,
         chrono::Utc::now(),
@@ -250,11 +256,12 @@ pub(crate) async fn dlq_list(
     )?;
     let offset = parse_param("offset", params.offset.as_deref(), 0, 0..=usize::MAX)?;
     let backend = state.backend();
-    let (entries, depths) = backend_call(async {
-        let (entries, depths) = tokio::join!(backend.dlq_list(limit, offset), backend.depths());
-        Ok((entries?, depths?))
-    })
-    .await?;
+    let (entries, depths) = state
+        .call("dlq_list", async {
+            let (entries, depths) = tokio::join!(backend.dlq_list(limit, offset), backend.depths());
+            Ok((entries?, depths?))
+        })
+        .await?;
     Ok(Json(DlqPage {
         entries,
         total: depths.dlq,

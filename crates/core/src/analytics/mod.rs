@@ -44,12 +44,29 @@ pub mod maps {
     /// Prefix of the per-minute maps (`epm:<unix minute>`, field = event type). Backends may
     /// forget them after [`super::MINUTE_WINDOW`] minutes.
     pub const PER_MINUTE_PREFIX: &str = "epm:";
+    /// Per-consumer maps, `<prefix><consumer name>`, each written only by that consumer
+    /// (names are bounded by DAY15_CONSUMERS). Batch sizes: field = the upper bound in
+    /// [`super::CONSUMER_BATCH_SIZE_BOUNDS`] of the batch's size (`+Inf` above the last).
+    pub const CONSUMER_BATCH_SIZE_PREFIX: &str = "consumer_batch_size:";
+    /// Batch durations, claimed to settled; fields are latency buckets as in the latency maps.
+    pub const CONSUMER_BATCH_DURATION_PREFIX: &str = "consumer_batch_duration_us:";
+    /// Field [`super::LAST_PROGRESS`]: unix second of the consumer's last settled batch (kept
+    /// by adding the difference to what is stored: the maps only sum).
+    pub const CONSUMER_PROGRESS_PREFIX: &str = "consumer_progress:";
 
     /// The per-minute map of a unix minute; fixed width so names sort by time.
     pub fn per_minute(minute: i64) -> String {
         format!("{PER_MINUTE_PREFIX}{minute:010}")
     }
 }
+
+/// Upper bounds of the consumer batch-size histogram buckets.
+pub const CONSUMER_BATCH_SIZE_BOUNDS: [u64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000,
+];
+
+/// Field of the [`maps::CONSUMER_PROGRESS_PREFIX`] maps.
+pub const LAST_PROGRESS: &str = "last_unix_seconds";
 
 /// Field names of the [`maps::COUNTERS`] map.
 pub mod counters {

@@ -287,6 +287,24 @@ pub struct Depths {
     /// Ready + in flight + waiting for a retry.
     pub queue: u64,
     pub dlq: u64,
+    /// `received_at` (epoch ms) of the oldest queued event (ready, in flight or waiting for a
+    /// retry), read in the same step as `queue`; `None` when the queue is empty or that
+    /// event's payload carries no parseable `received_at`. Feeds the queue-age gauge.
+    #[serde(skip)]
+    pub oldest_at: Option<i64>,
+}
+
+/// `received_at` (epoch ms) of a stored payload, when present and parseable: the one
+/// timestamp every backend keeps for a queued event, wherever it sits in the queue.
+pub(crate) fn payload_received_at_ms(payload: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Stamp<'a> {
+        #[serde(borrow)]
+        received_at: Option<std::borrow::Cow<'a, str>>,
+    }
+    let stamp: Stamp<'_> = serde_json::from_str(payload).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(stamp.received_at?.as_ref()).ok()?;
+    Some(at.timestamp_millis())
 }
 
 /// The queue, idempotency window, DLQ and metric store shared by every process.

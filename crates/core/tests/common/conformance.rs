@@ -57,6 +57,7 @@ macro_rules! backend_conformance {
             delivery_mark_refuses_the_same_delivery_whole,
             concurrent_deliveries_with_one_mark_store_exactly_one,
             delivery_mark_expires_after_its_ttl,
+            oldest_queued_event_counts_in_flight_and_waiting_retries,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -80,6 +81,18 @@ fn ev(id: &str) -> QueuedEvent {
         event_id: EventId::parse(id).unwrap(),
         payload: format!(
             r#"{{"event_id":"{id}","event_type":"user_signup","timestamp":"2025-12-16T10:00:00Z"}}"#
+        ),
+    }
+}
+
+/// An event stamped `received_at` = `at_ms` (epoch ms), as the webhook stores it.
+fn ev_received(id: &str, at_ms: i64) -> QueuedEvent {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap();
+    let received_at = pipeline_core::event::format_received_at(at);
+    QueuedEvent {
+        event_id: EventId::parse(id).unwrap(),
+        payload: format!(
+            r#"{{"event_id":"{id}","event_type":"user_signup","timestamp":"2025-12-16T10:00:00Z","received_at":"{received_at}"}}"#
         ),
     }
 }
@@ -205,7 +218,14 @@ pub async fn claim_then_ack_empties_the_queue(h: &dyn Harness) {
     b.settle(rest.into_iter().map(|d| ack(d, true)).collect())
         .await
         .unwrap();
-    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+    assert_eq!(
+        b.depths().await.unwrap(),
+        Depths {
+            queue: 0,
+            dlq: 0,
+            oldest_at: None
+        }
+    );
     assert_eq!(counter(&b, counters::PROCESSED).await, 3);
 }
 
@@ -385,7 +405,14 @@ pub async fn dead_letter_list_replay_and_purge(h: &dyn Harness) {
     )
     .await
     .unwrap();
-    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 3 });
+    assert_eq!(
+        b.depths().await.unwrap(),
+        Depths {
+            queue: 0,
+            dlq: 3,
+            oldest_at: None
+        }
+    );
     let list = b.dlq_list(10, 0).await.unwrap();
     assert_eq!(list.len(), 3);
     let first = &list[0];
@@ -403,7 +430,14 @@ pub async fn dead_letter_list_replay_and_purge(h: &dyn Harness) {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    assert_eq!(b.depths().await.unwrap(), Depths { queue: 1, dlq: 2 });
+    assert_eq!(
+        b.depths().await.unwrap(),
+        Depths {
+            queue: 1,
+            dlq: 2,
+            oldest_at: None
+        }
+    );
     let back = claim(&b, 10, 0).await;
     assert_eq!(back[0].event_id.as_str(), "bad2");
     assert_eq!(back[0].attempt, 1, "replay resets attempts");
@@ -476,7 +510,14 @@ pub async fn stale_settlement_after_lost_lease_is_ignored(h: &dyn Harness) {
         "the old lease no longer owns it"
     );
     b.settle(vec![ack(current, true)]).await.unwrap();
-    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+    assert_eq!(
+        b.depths().await.unwrap(),
+        Depths {
+            queue: 0,
+            dlq: 0,
+            oldest_at: None
+        }
+    );
 }
 
 /// A consumer whose lease ran out acks late, after the event was redelivered, acked, and a
@@ -526,7 +567,14 @@ pub async fn stale_lease_never_settles_the_current_claim(h: &dyn Harness) {
         ])
         .await
         .unwrap();
-        assert_eq!(b.depths().await.unwrap(), Depths { queue: 1, dlq: 0 });
+        assert_eq!(
+            b.depths().await.unwrap(),
+            Depths {
+                queue: 1,
+                dlq: 0,
+                oldest_at: None
+            }
+        );
         let m = b.metrics().await.unwrap();
         assert_eq!(
             m.counter(counters::PROCESSED),
@@ -540,7 +588,14 @@ pub async fn stale_lease_never_settles_the_current_claim(h: &dyn Harness) {
         );
     }
     b.settle(vec![ack(current, true)]).await.unwrap();
-    assert_eq!(b.depths().await.unwrap(), Depths { queue: 0, dlq: 0 });
+    assert_eq!(
+        b.depths().await.unwrap(),
+        Depths {
+            queue: 0,
+            dlq: 0,
+            oldest_at: None
+        }
+    );
     assert_eq!(counter(&b, counters::PROCESSED).await, 1);
 }
 
@@ -980,4 +1035,49 @@ pub async fn delivery_mark_expires_after_its_ttl(h: &dyn Harness) {
         }
     })
     .await;
+}
+
+/// `Depths::oldest_at` is the `received_at` of the oldest event not yet applied: queued, in
+/// flight or waiting for a retry; `None` once everything is applied.
+pub async fn oldest_queued_event_counts_in_flight_and_waiting_retries(h: &dyn Harness) {
+    let b = h.open(opts()).await;
+    assert_eq!(b.depths().await.unwrap().oldest_at, None, "empty queue");
+    let (t1, t2) = (1_765_879_200_123, 1_765_879_260_456);
+    b.enqueue(vec![ev_received("old", t1), ev_received("new", t2)])
+        .await
+        .unwrap();
+    assert_eq!(b.depths().await.unwrap().oldest_at, Some(t1));
+    let got = claim(&b, 1, 0).await;
+    assert_eq!(got[0].event_id.as_str(), "old");
+    assert_eq!(b.depths().await.unwrap().oldest_at, Some(t1), "in flight");
+    let due = SystemTime::now() + Duration::from_millis(300);
+    let first = got.into_iter().next().unwrap();
+    b.settle(vec![Settlement::Retry {
+        delivery: first,
+        not_before: due,
+        error: "boom".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.depths().await.unwrap().oldest_at,
+        Some(t1),
+        "waiting retry"
+    );
+    let rest = claim(&b, 10, 0).await;
+    assert_eq!(rest.len(), 1);
+    b.settle(rest.into_iter().map(|d| ack(d, false)).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.depths().await.unwrap().oldest_at,
+        Some(t1),
+        "the retry is left"
+    );
+    let again = claim(&b, 10, 10_000).await;
+    assert_eq!(again.len(), 1);
+    b.settle(again.into_iter().map(|d| ack(d, false)).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.depths().await.unwrap(), Depths::default(), "all applied");
 }

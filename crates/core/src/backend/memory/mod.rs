@@ -258,6 +258,10 @@ impl Backend for MemoryBackend {
         Ok(Depths {
             queue: st.entries.len() as u64,
             dlq: st.dlq.len() as u64,
+            oldest_at: st
+                .entries
+                .first_key_value()
+                .and_then(|(_, e)| e.received_at),
         })
     }
 

@@ -1,6 +1,6 @@
 //! The memory backend's state and the steps taken under its lock.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::super::*;
 use super::users::{DistinctUsers, TopUsers};
@@ -15,6 +15,8 @@ pub(super) struct Entry {
     pub(super) failures: u32,
     /// Claim token and expiry (epoch ms) of the current lease, if leased.
     pub(super) lease: Option<(u64, i64)>,
+    /// The payload's `received_at` (epoch ms), parsed once when queued.
+    pub(super) received_at: Option<i64>,
 }
 
 #[derive(Default)]
@@ -25,7 +27,8 @@ pub(super) struct State {
     pub(super) processed: HashMap<EventId, i64>,
     /// Delivery id -> expiry (epoch ms) of its [`DeliveryMark`].
     pub(super) deliveries: HashMap<String, i64>,
-    pub(super) entries: HashMap<u64, Entry>,
+    /// Keyed in queueing order, so the first entry is the oldest queued one.
+    pub(super) entries: BTreeMap<u64, Entry>,
     /// Entry keys ready to claim, oldest first.
     pub(super) ready: VecDeque<u64>,
     /// (lease expiry ms, key) of leased entries.
@@ -89,6 +92,7 @@ impl State {
     pub(super) fn push(&mut self, event_id: EventId, payload: String, failures: u32) {
         let key = self.next_key;
         self.next_key += 1;
+        let received_at = payload_received_at_ms(&payload);
         self.entries.insert(
             key,
             Entry {
@@ -96,6 +100,7 @@ impl State {
                 payload,
                 failures,
                 lease: None,
+                received_at,
             },
         );
         self.ready.push_back(key);

@@ -174,25 +174,49 @@ impl Backend for RedisBackend {
     }
 
     /// Queue depth = `XLEN` of the stream (unread + in flight: settled entries are deleted)
-    /// + `ZCARD` of the retry set; DLQ depth = `XLEN` of the DLQ stream. Read atomically.
+    /// + `ZCARD` of the retry set; DLQ depth = `XLEN` of the DLQ stream. The oldest queued
+    /// event is the older `received_at` of the stream's first entry and of the retry due
+    /// first (a retry set ordered by due time, so an older retry due later is not seen: an
+    /// under-estimate by at most the retry delays). Read atomically.
     async fn depths(&self) -> BackendResult<Depths> {
+        type FirstEntries = Vec<(String, std::collections::HashMap<String, String>)>;
         let mut conn = self.conn.clone();
-        let (stream, retry, dlq): (u64, u64, u64) = bounded(
-            ::redis::pipe()
-                .atomic()
-                .cmd("XLEN")
-                .arg(&self.keys.stream)
-                .cmd("ZCARD")
-                .arg(&self.keys.retry)
-                .cmd("XLEN")
-                .arg(&self.keys.dlq)
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(self.fail("depths"))?;
+        let (stream, retry, dlq, first, first_retry): (u64, u64, u64, FirstEntries, Vec<String>) =
+            bounded(
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("XLEN")
+                    .arg(&self.keys.stream)
+                    .cmd("ZCARD")
+                    .arg(&self.keys.retry)
+                    .cmd("XLEN")
+                    .arg(&self.keys.dlq)
+                    .cmd("XRANGE")
+                    .arg(&self.keys.stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("ZRANGE")
+                    .arg(&self.keys.retry)
+                    .arg(0)
+                    .arg(0)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(self.fail("depths"))?;
+        let from_stream = first
+            .first()
+            .and_then(|(_, fields)| payload_received_at_ms(fields.get("payload")?));
+        // A retry member is the JSON array [entry id, event id, payload, failures].
+        let from_retry = first_retry.first().and_then(|member| {
+            let fields: Vec<serde_json::Value> = serde_json::from_str(member).ok()?;
+            payload_received_at_ms(fields.get(2)?.as_str()?)
+        });
         Ok(Depths {
             queue: stream + retry,
             dlq,
+            oldest_at: from_stream.into_iter().chain(from_retry).min(),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::connection::open_connection;
@@ -14,7 +14,7 @@ use super::metrics::metrics;
 use super::wait::{watch, Watch};
 use super::Reply;
 use crate::analytics::StoredMetrics;
-use crate::backend::{BackendResult, DeadLetter, Depths};
+use crate::backend::{payload_received_at_ms, BackendResult, DeadLetter, Depths};
 
 /// Requests waiting for the reader thread.
 pub(super) const READ_QUEUE: usize = 256;
@@ -103,8 +103,14 @@ fn depths(c: &Connection) -> StoreResult<Depths> {
         Ok(c.prepare_cached(sql)?
             .query_row([], |r| r.get::<_, i64>(0))? as u64)
     };
+    // Rows keep their id through claims and retries, so the smallest id is the oldest queued.
+    let oldest: Option<String> = c
+        .prepare_cached("SELECT payload FROM queue ORDER BY id LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
     Ok(Depths {
         queue: count("SELECT count(*) FROM queue")?,
         dlq: count("SELECT count(*) FROM dlq")?,
+        oldest_at: oldest.as_deref().and_then(payload_received_at_ms),
     })
 }

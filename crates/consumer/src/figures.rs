@@ -1,0 +1,168 @@
+//! This consumer's batch figures (sizes, durations, last progress), written to the backend
+//! about once a second so the webhook's `/metrics` can export them per consumer.
+//!
+//! Batches only touch local sums; one [`Backend::record`] call carries them. The maps can only
+//! add, so the last-progress second is kept by adding the difference to the stored value,
+//! which is read once at start and again after any failed write (a failed call may still have
+//! been applied, so the stored value is then unknown).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pipeline_core::analytics::{
+    maps, Increment, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS,
+};
+use pipeline_core::backend::Backend;
+use pipeline_core::latency;
+
+/// How often the sums are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a write (or the read of the stored progress) may take: the batch loop waits on it.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failed write, how long until the next try, so an outage costs the loop little.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// Sums not written yet.
+pub struct BatchFigures {
+    name: String,
+    /// Batch-size bucket (its bound, `+Inf` beyond) -> batches.
+    sizes: BTreeMap<String, u64>,
+    /// Latency bucket -> batches.
+    durations: BTreeMap<u32, u64>,
+    /// Unix second of the last settled batch, when not written yet.
+    progress: Option<i64>,
+    /// The stored progress value; `None` = unknown, read before the next write.
+    stored_progress: Option<f64>,
+    next_flush: Instant,
+}
+
+impl BatchFigures {
+    pub fn new(name: &str) -> Self {
+        BatchFigures {
+            name: name.to_string(),
+            sizes: BTreeMap::new(),
+            durations: BTreeMap::new(),
+            progress: None,
+            stored_progress: None,
+            next_flush: Instant::now() + FLUSH_INTERVAL,
+        }
+    }
+
+    /// Counts one settled batch of `size` events that took `took`, claimed to settled.
+    pub fn batch(&mut self, size: usize, took: Duration) {
+        let size = size as u64;
+        let bucket = CONSUMER_BATCH_SIZE_BOUNDS
+            .iter()
+            .find(|b| size <= **b)
+            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        *self.sizes.entry(bucket).or_default() += 1;
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        *self
+            .durations
+            .entry(latency::bucket_of(micros))
+            .or_default() += 1;
+        self.progress = Some(chrono::Utc::now().timestamp());
+    }
+
+    /// Whether a flush is due.
+    pub fn due(&self) -> bool {
+        Instant::now() >= self.next_flush
+    }
+
+    /// Writes the sums; on failure they are kept for the next attempt (never lost, at worst
+    /// counted twice when a timed-out call was applied after all).
+    pub async fn flush(&mut self, backend: &dyn Backend) {
+        self.next_flush = Instant::now() + FLUSH_INTERVAL;
+        if self.sizes.is_empty() && self.progress.is_none() {
+            return;
+        }
+        if self.progress.is_some() && self.stored_progress.is_none() {
+            match tokio::time::timeout(CALL_TIMEOUT, backend.metrics()).await {
+                Ok(Ok(m)) => self.stored_progress = Some(stored_progress(&m, &self.name)),
+                _ => {
+                    self.next_flush = Instant::now() + RETRY_AFTER_FAILURE;
+                    return;
+                }
+            }
+        }
+        let increments = self.increments();
+        let written = matches!(
+            tokio::time::timeout(CALL_TIMEOUT, backend.record(increments)).await,
+            Ok(Ok(()))
+        );
+        if written {
+            self.sizes.clear();
+            self.durations.clear();
+            if let Some(at) = self.progress.take() {
+                self.stored_progress = Some(at as f64);
+            }
+        } else {
+            self.stored_progress = None;
+            self.next_flush = Instant::now() + RETRY_AFTER_FAILURE;
+            tracing::debug!(
+                "Consumer {}: batch figures not written, kept for later",
+                self.name
+            );
+        }
+    }
+
+    fn increments(&self) -> Vec<Increment> {
+        let sizes = format!("{}{}", maps::CONSUMER_BATCH_SIZE_PREFIX, self.name);
+        let durations = format!("{}{}", maps::CONSUMER_BATCH_DURATION_PREFIX, self.name);
+        let mut out: Vec<Increment> = self
+            .sizes
+            .iter()
+            .map(|(bucket, n)| Increment::new(&sizes, bucket.clone(), *n as f64))
+            .chain(
+                self.durations
+                    .iter()
+                    .map(|(bucket, n)| Increment::new(&durations, bucket.to_string(), *n as f64)),
+            )
+            .collect();
+        if let (Some(at), Some(stored)) = (self.progress, self.stored_progress) {
+            let progress = format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, self.name);
+            out.push(Increment::new(&progress, LAST_PROGRESS, at as f64 - stored));
+        }
+        out
+    }
+}
+
+fn stored_progress(m: &StoredMetrics, name: &str) -> f64 {
+    m.map(&format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, name))
+        .get(LAST_PROGRESS)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_core::backend::memory::MemoryBackend;
+    use pipeline_core::backend::BackendOptions;
+
+    #[tokio::test]
+    async fn figures_reach_the_backend_and_progress_is_the_last_second() {
+        let backend = MemoryBackend::new(BackendOptions::default());
+        let mut f = BatchFigures::new("consumer-1");
+        f.batch(3, Duration::from_millis(4));
+        f.batch(100, Duration::from_millis(40));
+        f.batch(1_000_000, Duration::from_millis(40));
+        f.flush(&backend).await;
+        f.batch(1, Duration::from_millis(1));
+        f.flush(&backend).await;
+        let m = backend.metrics().await.unwrap();
+        let sizes = m.map("consumer_batch_size:consumer-1");
+        assert_eq!(sizes.get("5"), Some(&1.0));
+        assert_eq!(sizes.get("100"), Some(&1.0));
+        assert_eq!(sizes.get("+Inf"), Some(&1.0));
+        assert_eq!(sizes.get("1"), Some(&1.0));
+        let durations: f64 = m
+            .map("consumer_batch_duration_us:consumer-1")
+            .values()
+            .sum();
+        assert_eq!(durations, 4.0);
+        let now = chrono::Utc::now().timestamp() as f64;
+        let last = stored_progress(&m, "consumer-1");
+        assert!((now - last).abs() <= 2.0, "{last} vs {now}");
+    }
+}

@@ -2,6 +2,8 @@
 //! the real tools: `promtool` checks the rules and runs their unit tests, then a real
 //! `prometheus` server scrapes a running pipeline with the shipped scrape config and evaluates
 //! every expression of the rules and the dashboard through its HTTP API.
+//! With its window and `for:` shortened, the "no consumer progress" alert goes pending once
+//! the only consumer is stopped while events wait.
 //!
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`). Locally the tests are
 //! skipped with a message when they are missing; under `CI=true` that is a failure (`.ci/run`
@@ -15,6 +17,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use common::*;
 use pipeline_core::testkit::free_port;
@@ -174,22 +178,9 @@ impl PromApi {
     }
 }
 
-#[test]
-fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
-    let (Some(prometheus), Some(_)) = (tool_or_skip("prometheus"), tool_or_skip("promtool")) else {
-        return;
-    };
-    let p = Pipeline::sqlite();
-    let _orchestrator = p.spawn("orchestrator", &[]);
-    p.wait_healthy(START);
-    let samples = sample_events();
-    for e in &samples {
-        let (status, body) = p.post("/webhook/events", e);
-        assert_eq!(status, 202, "{body}");
-    }
-    p.wait_stat("processed", samples.len() as u64, START);
-
-    // The shipped config, pointed at this pipeline and scraping every second.
+/// A `prometheus` server scraping `p` every second with the shipped scrape config (pointed at
+/// the pipeline's port) and evaluating the rules `alerts` every second; returns once it is ready.
+fn start_prometheus(p: &Pipeline, prometheus: &Path, alerts: &str) -> (Proc, PromApi) {
     let shipped = std::fs::read_to_string(repo_file("deploy/prometheus/prometheus.yml"))
         .expect("read prometheus.yml");
     for needle in [
@@ -205,11 +196,7 @@ fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
         .replace("evaluation_interval: 15s", "evaluation_interval: 1s");
     let dir = p.dir.path();
     std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
-    std::fs::copy(
-        repo_file("deploy/prometheus/alerts.yml"),
-        dir.join("alerts.yml"),
-    )
-    .expect("copy alerts.yml");
+    std::fs::write(dir.join("alerts.yml"), alerts).expect("write alerts.yml");
     let port = free_port().expect("a free port");
     let args = [
         format!("--config.file={}", dir.join("prometheus.yml").display()),
@@ -217,7 +204,7 @@ fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
         format!("--web.listen-address=127.0.0.1:{port}"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = p.spawn_program(&prometheus, "prometheus", &args);
+    let server = p.spawn_program(prometheus, "prometheus", &args);
     let api = PromApi {
         base: format!("http://127.0.0.1:{port}"),
         http: reqwest::blocking::Client::builder()
@@ -229,6 +216,27 @@ fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
         let r = api.http.get(format!("{}/-/ready", api.base)).send().ok()?;
         r.status().is_success().then_some(())
     });
+    (server, api)
+}
+
+#[test]
+fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
+    let (Some(prometheus), Some(_)) = (tool_or_skip("prometheus"), tool_or_skip("promtool")) else {
+        return;
+    };
+    let p = Pipeline::sqlite();
+    let _orchestrator = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let samples = sample_events();
+    for e in &samples {
+        let (status, body) = p.post("/webhook/events", e);
+        assert_eq!(status, 202, "{body}");
+    }
+    p.wait_stat("processed", samples.len() as u64, START);
+
+    let alerts = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml"))
+        .expect("read alerts.yml");
+    let (server, api) = start_prometheus(&p, &prometheus, &alerts);
 
     // Enough scrapes of the final figures for every rate window to hold several samples.
     let processed = samples.len().to_string();
@@ -321,4 +329,129 @@ fn prometheus_scrapes_the_pipeline_and_every_rule_and_panel_query_evaluates() {
         rule_exprs.len()
     );
     assert!(with_data >= 10, "only {with_data} panel queries had data");
+}
+
+/// The state (`pending`, `firing`) of alert `name` in the server's active alerts; `None` when
+/// it is not active.
+fn alert_state(api: &PromApi, name: &str) -> Option<String> {
+    let answer = eventually("Prometheus to list its alerts", START, || {
+        api.get("/api/v1/alerts", &[])
+    });
+    assert_eq!(answer["status"], "success", "{answer}");
+    answer["data"]["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["labels"]["alertname"] == name)
+        .and_then(|a| a["state"].as_str().map(str::to_string))
+}
+
+/// The "no consumer progress" alert, with its window and `for:` shortened: quiet while the one
+/// consumer works, pending once it is stopped and events wait in the queue.
+#[test]
+fn stopping_the_consumer_makes_the_consumers_stalled_alert_pending() {
+    let (Some(prometheus), Some(_)) = (tool_or_skip("prometheus"), tool_or_skip("promtool")) else {
+        return;
+    };
+    const ALERT: &str = "PipelineConsumersStalled";
+    let shipped = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml"))
+        .expect("read alerts.yml");
+    let start = shipped
+        .find(&format!("- alert: {ALERT}"))
+        .unwrap_or_else(|| panic!("alerts.yml lost {ALERT}"));
+    let end = shipped[start + 1..]
+        .find("- alert:")
+        .map_or(shipped.len(), |n| start + 1 + n);
+    let rule = &shipped[start..end];
+    for needle in [
+        "increase(day15_events_processed_total[5m]) == 0",
+        "day15_queue_depth > 0",
+        "for: 5m",
+    ] {
+        assert!(rule.contains(needle), "{ALERT} lost {needle:?}:\n{rule}");
+    }
+    // A 10s window over 1s scrapes, and pending long enough to be seen before it fires.
+    let quick = rule.replace("[5m]", "[10s]").replace("for: 5m", "for: 1m");
+    let alerts = format!("{}{quick}{}", &shipped[..start], &shipped[end..]);
+
+    // The webhook and one consumer on their own: no orchestrator to restart a stopped consumer.
+    let p = Pipeline::sqlite();
+    let _webhook = p.spawn("webhook", &[]);
+    p.wait_healthy(START);
+    let mut consumer = p.spawn("consumer", &[]);
+    let before = sample_events();
+    for e in &before {
+        let (status, body) = p.post("/webhook/events", e);
+        assert_eq!(status, 202, "{body}");
+    }
+    p.wait_stat("processed", before.len() as u64, START);
+    p.wait_queue_empty(START);
+
+    let (server, api) = start_prometheus(&p, &prometheus, &alerts);
+    // Evaluated over several scrapes of the processed events, with the consumer working: quiet.
+    let processed = before.len().to_string();
+    eventually(
+        "Prometheus to hold several scrapes of the processed events",
+        SCRAPE_DEADLINE,
+        || {
+            let full = api.query("day15_events_processed_total");
+            let value = full.first()?["value"][1].as_str()?.to_string();
+            let scrapes = api.query("count_over_time(day15_events_processed_total[10s])");
+            let n: f64 = scrapes.first()?["value"][1].as_str()?.parse().ok()?;
+            (value == processed && n >= 3.0).then_some(())
+        },
+    );
+    eventually(&format!("{ALERT} to be evaluated"), SCRAPE_DEADLINE, || {
+        let answer = api.get("/api/v1/rules", &[])?;
+        let rule = answer["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["name"] == ALERT)?;
+        (rule["health"] == "ok" && rule["lastEvaluation"].is_string()).then_some(())
+    });
+    // Two more evaluations, each after a scrape of the working pipeline.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        alert_state(&api, ALERT),
+        None,
+        "{ALERT} is active while the consumer works"
+    );
+
+    consumer.signal(Signal::SIGTERM);
+    let status = consumer
+        .wait_timeout(Duration::from_secs(15))
+        .expect("the consumer stops after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", consumer.output());
+    // The same events under new ids: queued, and nothing left to process them.
+    let after: Vec<Value> = before
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e["event_id"] = Value::String(format!(
+                "{}_stalled",
+                e["event_id"].as_str().unwrap_or("evt")
+            ));
+            e
+        })
+        .collect();
+    for e in &after {
+        let (status, body) = p.post("/webhook/events", e);
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(
+        p.health()["queue_depth"].as_u64() >= Some(1),
+        "the events wait in the queue: {}",
+        p.health()
+    );
+
+    let state = eventually(&format!("{ALERT} to go pending"), SCRAPE_DEADLINE, || {
+        alert_state(&api, ALERT).filter(|s| s == "pending" || s == "firing")
+    });
+    eprintln!("{ALERT} is {state} with the consumer stopped");
+    assert_eq!(
+        p.stats()["processed"].as_u64(),
+        Some(before.len() as u64),
+        "nothing processed the new events\n{}",
+        server.output()
+    );
 }

@@ -1,19 +1,21 @@
-//! This consumer's batch figures (sizes, durations, last progress), written to the backend
-//! about once a second so the webhook's `/metrics` can export them per consumer.
+//! This consumer's batch figures (sizes, durations, last progress) and process figures
+//! (resident memory, open descriptors, CPU seconds), written to the backend about once a
+//! second so the webhook's `/metrics` can export them per consumer.
 //!
 //! Batches only touch local sums; one [`Backend::record`] call carries them. The maps can only
-//! add, so the last-progress second is kept by adding the difference to the stored value,
-//! which is read once at start and again after any failed write (a failed call may still have
-//! been applied, so the stored value is then unknown).
+//! add, so the gauges (last-progress second, process figures) are kept by adding the
+//! difference to the stored values, which are read once at start and again after any failed
+//! write (a failed call may still have been applied, so the stored values are then unknown).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pipeline_core::analytics::{
-    maps, Increment, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS,
+    consumer_process, maps, Increment, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS,
 };
 use pipeline_core::backend::Backend;
 use pipeline_core::latency;
+use pipeline_core::process::ProcessFigures;
 
 /// How often the sums are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -21,6 +23,40 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed write, how long until the next try, so an outage costs the loop little.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// Fields of the process map, in the order of [`process_values`].
+const PROCESS_FIELDS: [&str; 3] = [
+    consumer_process::RESIDENT_MEMORY_BYTES,
+    consumer_process::OPEN_FDS,
+    consumer_process::CPU_SECONDS,
+];
+
+fn process_values(p: &ProcessFigures) -> [f64; 3] {
+    [
+        p.resident_memory_bytes as f64,
+        p.open_fds as f64,
+        p.cpu_seconds,
+    ]
+}
+
+/// The gauges as the backend holds them for this consumer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stored {
+    progress: f64,
+    /// In [`PROCESS_FIELDS`] order.
+    process: [f64; 3],
+}
+
+impl Stored {
+    fn of(m: &StoredMetrics, name: &str) -> Self {
+        let progress = m.map(&format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, name));
+        let process = m.map(&format!("{}{}", maps::CONSUMER_PROCESS_PREFIX, name));
+        Stored {
+            progress: progress.get(LAST_PROGRESS).copied().unwrap_or(0.0),
+            process: PROCESS_FIELDS.map(|f| process.get(f).copied().unwrap_or(0.0)),
+        }
+    }
+}
 
 /// Sums not written yet.
 pub struct BatchFigures {
@@ -31,8 +67,8 @@ pub struct BatchFigures {
     durations: BTreeMap<u32, u64>,
     /// Unix second of the last settled batch, when not written yet.
     progress: Option<i64>,
-    /// The stored progress value; `None` = unknown, read before the next write.
-    stored_progress: Option<f64>,
+    /// The stored gauges; `None` = unknown, read before the next write.
+    stored: Option<Stored>,
     next_flush: Instant,
 }
 
@@ -43,7 +79,7 @@ impl BatchFigures {
             sizes: BTreeMap::new(),
             durations: BTreeMap::new(),
             progress: None,
-            stored_progress: None,
+            stored: None,
             next_flush: Instant::now() + FLUSH_INTERVAL,
         }
     }
@@ -69,23 +105,29 @@ impl BatchFigures {
         Instant::now() >= self.next_flush
     }
 
-    /// Writes the sums; on failure they are kept for the next attempt (never lost, at worst
-    /// counted twice when a timed-out call was applied after all).
+    /// Writes the sums and this process's current figures; on failure the sums are kept for
+    /// the next attempt (never lost, at worst counted twice when a timed-out call was applied
+    /// after all).
     pub async fn flush(&mut self, backend: &dyn Backend) {
         self.next_flush = Instant::now() + FLUSH_INTERVAL;
-        if self.sizes.is_empty() && self.progress.is_none() {
+        let process = ProcessFigures::read();
+        if self.sizes.is_empty() && self.progress.is_none() && process.is_none() {
             return;
         }
-        if self.progress.is_some() && self.stored_progress.is_none() {
-            match tokio::time::timeout(CALL_TIMEOUT, backend.metrics()).await {
-                Ok(Ok(m)) => self.stored_progress = Some(stored_progress(&m, &self.name)),
+        let stored = match self.stored {
+            Some(stored) => stored,
+            None => match tokio::time::timeout(CALL_TIMEOUT, backend.metrics()).await {
+                Ok(Ok(m)) => *self.stored.insert(Stored::of(&m, &self.name)),
                 _ => {
                     self.next_flush = Instant::now() + RETRY_AFTER_FAILURE;
                     return;
                 }
-            }
+            },
+        };
+        let increments = self.increments(&stored, process.as_ref());
+        if increments.is_empty() {
+            return;
         }
-        let increments = self.increments();
         let written = matches!(
             tokio::time::timeout(CALL_TIMEOUT, backend.record(increments)).await,
             Ok(Ok(()))
@@ -93,11 +135,16 @@ impl BatchFigures {
         if written {
             self.sizes.clear();
             self.durations.clear();
+            let mut now = stored;
             if let Some(at) = self.progress.take() {
-                self.stored_progress = Some(at as f64);
+                now.progress = at as f64;
             }
+            if let Some(p) = &process {
+                now.process = process_values(p);
+            }
+            self.stored = Some(now);
         } else {
-            self.stored_progress = None;
+            self.stored = None;
             self.next_flush = Instant::now() + RETRY_AFTER_FAILURE;
             tracing::debug!(
                 "Consumer {}: batch figures not written, kept for later",
@@ -106,7 +153,7 @@ impl BatchFigures {
         }
     }
 
-    fn increments(&self) -> Vec<Increment> {
+    fn increments(&self, stored: &Stored, process: Option<&ProcessFigures>) -> Vec<Increment> {
         let sizes = format!("{}{}", maps::CONSUMER_BATCH_SIZE_PREFIX, self.name);
         let durations = format!("{}{}", maps::CONSUMER_BATCH_DURATION_PREFIX, self.name);
         let mut out: Vec<Increment> = self
@@ -119,19 +166,28 @@ impl BatchFigures {
                     .map(|(bucket, n)| Increment::new(&durations, bucket.to_string(), *n as f64)),
             )
             .collect();
-        if let (Some(at), Some(stored)) = (self.progress, self.stored_progress) {
+        if let Some(at) = self.progress {
             let progress = format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, self.name);
-            out.push(Increment::new(&progress, LAST_PROGRESS, at as f64 - stored));
+            out.push(Increment::new(
+                &progress,
+                LAST_PROGRESS,
+                at as f64 - stored.progress,
+            ));
+        }
+        if let Some(p) = process {
+            let map = format!("{}{}", maps::CONSUMER_PROCESS_PREFIX, self.name);
+            for ((field, now), before) in PROCESS_FIELDS
+                .iter()
+                .zip(process_values(p))
+                .zip(stored.process)
+            {
+                if now != before {
+                    out.push(Increment::new(&map, *field, now - before));
+                }
+            }
         }
         out
     }
-}
-
-fn stored_progress(m: &StoredMetrics, name: &str) -> f64 {
-    m.map(&format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, name))
-        .get(LAST_PROGRESS)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -162,7 +218,39 @@ mod tests {
             .sum();
         assert_eq!(durations, 4.0);
         let now = chrono::Utc::now().timestamp() as f64;
-        let last = stored_progress(&m, "consumer-1");
+        let stored = Stored::of(&m, "consumer-1");
+        let last = stored.progress;
         assert!((now - last).abs() <= 2.0, "{last} vs {now}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn process_figures_are_the_last_reading_not_a_sum() {
+        let backend = MemoryBackend::new(BackendOptions::default());
+        // A previous run of this consumer left its figures behind.
+        backend
+            .record(vec![Increment::new(
+                "consumer_process:consumer-1",
+                consumer_process::RESIDENT_MEMORY_BYTES,
+                1e12,
+            )])
+            .await
+            .unwrap();
+        let mut f = BatchFigures::new("consumer-1");
+        f.flush(&backend).await;
+        f.flush(&backend).await;
+        let m = backend.metrics().await.unwrap();
+        let stored = Stored::of(&m, "consumer-1");
+        let [rss, fds, cpu] = stored.process;
+        let now = ProcessFigures::read().unwrap();
+        // Within a factor of two of a fresh reading: neither summed over flushes nor offset
+        // by the earlier run's value.
+        let expected = now.resident_memory_bytes as f64;
+        assert!(
+            rss > expected / 2.0 && rss < expected * 2.0,
+            "{rss} vs {expected}"
+        );
+        assert!(fds >= 3.0 && fds < 2.0 * now.open_fds as f64 + 8.0, "{fds}");
+        assert!(cpu >= 0.0 && cpu <= now.cpu_seconds, "{cpu}");
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod latency;
 pub mod logging;
+pub mod process;
 pub mod runtime;
 pub mod stats;
 #[cfg(feature = "testkit")]

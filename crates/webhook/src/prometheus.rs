@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use pipeline_core::analytics::{maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS};
+use pipeline_core::analytics::{
+    consumer_process, maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS,
+};
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
 
@@ -160,7 +162,8 @@ fn per_consumer<'a>(
         .filter_map(move |(name, map)| Some((name.strip_prefix(prefix)?, map)))
 }
 
-/// Batch histograms and last progress of every consumer that wrote them to the backend.
+/// Batch histograms, last progress and process figures of every consumer that wrote them to
+/// the backend.
 fn render_consumers(out: &mut String, metrics: &StoredMetrics) {
     let name = "day15_consumer_batch_size";
     header(
@@ -211,6 +214,39 @@ fn render_consumers(out: &mut String, metrics: &StoredMetrics) {
             label_value(consumer),
             sample_value(at.round())
         );
+    }
+    let families = [
+        (
+            "day15_consumer_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the consumer process",
+            consumer_process::RESIDENT_MEMORY_BYTES,
+        ),
+        (
+            "day15_consumer_open_fds",
+            "gauge",
+            "Open file descriptors of the consumer process",
+            consumer_process::OPEN_FDS,
+        ),
+        (
+            "day15_consumer_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the consumer process",
+            consumer_process::CPU_SECONDS,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        header(out, name, kind, help);
+        for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_PROCESS_PREFIX) {
+            if let Some(v) = stored.get(field) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{consumer=\"{}\"}} {}",
+                    label_value(consumer),
+                    sample_value(v.max(0.0))
+                );
+            }
+        }
     }
 }
 

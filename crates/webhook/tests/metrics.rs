@@ -117,3 +117,81 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
         None => eprintln!("promtool not installed: skipping `promtool check metrics`"),
     }
 }
+
+/// A consumer running on the webhook's backend writes its memory, descriptors and CPU time
+/// there; the webhook exports them labelled with the consumer's name.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn metrics_carry_a_running_consumers_process_figures() {
+    use std::time::Duration;
+
+    let server = ServerHandle::start().await;
+    let mut config = common::test_config();
+    config.consumer.batch_timeout = Duration::from_millis(100);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(consumer::run(
+        config,
+        server.backend.clone(),
+        shutdown.clone(),
+    ));
+
+    let families = [
+        "day15_consumer_resident_memory_bytes{consumer=",
+        "day15_consumer_open_fds{consumer=",
+        "day15_consumer_cpu_seconds_total{consumer=",
+    ];
+    let text = pipeline_core::testkit::wait::eventually(
+        "the consumer's process figures on /metrics",
+        Duration::from_secs(15),
+        || async {
+            let text = server.get("/metrics").await.text().await.ok()?;
+            families
+                .iter()
+                .all(|f| text.lines().any(|l| l.starts_with(f)))
+                .then_some(text)
+        },
+    )
+    .await;
+    for (family, kind) in [
+        ("day15_consumer_resident_memory_bytes", "gauge"),
+        ("day15_consumer_open_fds", "gauge"),
+        ("day15_consumer_cpu_seconds_total", "counter"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("# TYPE {family} {kind}")),
+            "{family} {kind} missing in:\n{text}"
+        );
+    }
+    let value = |family: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{family}{{consumer=")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert!(
+        value("day15_consumer_resident_memory_bytes").is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    assert!(
+        value("day15_consumer_open_fds").is_some_and(|n| n >= 3.0),
+        "{text}"
+    );
+    assert!(
+        value("day15_consumer_cpu_seconds_total").is_some_and(|s| s >= 0.0),
+        "{text}"
+    );
+
+    match promtool_check(&text) {
+        Some((ok, report)) => assert!(ok, "promtool check metrics failed:\n{report}\n{text}"),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("promtool is required under CI=true (Debian package `prometheus`)")
+        }
+        None => eprintln!("promtool not installed: skipping `promtool check metrics`"),
+    }
+
+    shutdown.cancel();
+    consumer
+        .await
+        .expect("consumer does not panic")
+        .expect("consumer stops cleanly");
+}

@@ -53,6 +53,9 @@ pub mod maps {
     /// Field [`super::LAST_PROGRESS`]: unix second of the consumer's last settled batch (kept
     /// by adding the difference to what is stored: the maps only sum).
     pub const CONSUMER_PROGRESS_PREFIX: &str = "consumer_progress:";
+    /// The consumer process's resources, fields in [`super::consumer_process`] (gauges kept
+    /// like the progress: by adding the difference to what is stored).
+    pub const CONSUMER_PROCESS_PREFIX: &str = "consumer_process:";
 
     /// The per-minute map of a unix minute; fixed width so names sort by time.
     pub fn per_minute(minute: i64) -> String {
@@ -67,6 +70,14 @@ pub const CONSUMER_BATCH_SIZE_BOUNDS: [u64; 14] = [
 
 /// Field of the [`maps::CONSUMER_PROGRESS_PREFIX`] maps.
 pub const LAST_PROGRESS: &str = "last_unix_seconds";
+
+/// Field names of the [`maps::CONSUMER_PROCESS_PREFIX`] maps.
+pub mod consumer_process {
+    pub const RESIDENT_MEMORY_BYTES: &str = "resident_memory_bytes";
+    pub const OPEN_FDS: &str = "open_fds";
+    /// User plus system CPU seconds since the consumer process started.
+    pub const CPU_SECONDS: &str = "cpu_seconds";
+}
 
 /// Field names of the [`maps::COUNTERS`] map.
 pub mod counters {

@@ -1,3 +1,5 @@
+//! Unit tests of the parent module, compiled only with `#[cfg(test)]`.
+
 use chrono::Utc;
 use serde_json::json;
 

@@ -1,4 +1,5 @@
 //! Loading, precedence and validation, end to end through [`Config::load_from`].
+//! Compiled only with `#[cfg(test)]` (see the parent module).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,3 +1,5 @@
+//! Unit tests of the parent module, compiled only with `#[cfg(test)]`.
+
 use super::*;
 use serde_json::json;
 

@@ -2,61 +2,27 @@
 //! key layout), each test against its own `redis-server` on a free port.
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use common::conformance::{backend_conformance, Harness};
+use common::conformance::backend_conformance;
 use pipeline_core::backend::redis::RedisBackend;
 use pipeline_core::backend::*;
 use pipeline_core::event::EventId;
 use pipeline_core::testkit::wait::eventually;
 use pipeline_core::testkit::RedisServer;
 
-/// One server per test; `open` takes a fresh key prefix on it, `reopen` the last one again.
-struct RedisHarness {
-    server: RedisServer,
-    /// Prefix of the last `open`.
-    prefix: Mutex<String>,
+type RedisHarness = common::redis_harness::RedisHarness<RedisServer>;
+
+/// `None` (the test is skipped) when redis-server is not installed and CI is not set.
+fn start() -> Option<RedisHarness> {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"))?;
+    let url = server.url();
+    Some(RedisHarness::new(server, url, Default::default()))
 }
 
-static PREFIXES: AtomicU64 = AtomicU64::new(0);
-
-impl RedisHarness {
-    /// `None` (the test is skipped) when redis-server is not installed and CI is not set.
-    fn start() -> Option<RedisHarness> {
-        let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"))?;
-        Some(RedisHarness {
-            server,
-            prefix: Mutex::new("t0".into()),
-        })
-    }
-
-    async fn backend(&self, prefix: &str, options: BackendOptions) -> RedisBackend {
-        RedisBackend::connect(&self.server.url(), prefix, &Default::default(), options)
-            .await
-            .unwrap()
-    }
-}
-
-#[async_trait]
-impl Harness for RedisHarness {
-    async fn open(&self, options: BackendOptions) -> Arc<dyn Backend> {
-        let prefix = format!("t{}", PREFIXES.fetch_add(1, Ordering::Relaxed));
-        *self.prefix.lock().unwrap() = prefix.clone();
-        Arc::new(self.backend(&prefix, options).await)
-    }
-
-    async fn reopen(&self, options: BackendOptions) -> Arc<dyn Backend> {
-        let prefix = self.prefix.lock().unwrap().clone();
-        Arc::new(self.backend(&prefix, options).await)
-    }
-}
-
-backend_conformance!(match RedisHarness::start() {
+backend_conformance!(match start() {
     Some(h) => h,
     None => return,
 });
@@ -97,7 +63,7 @@ async fn claim_eventually(b: &RedisBackend, deadline: Duration) -> Vec<Delivery>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_consumer_group_is_recreated_and_work_continues() {
-    let Some(h) = RedisHarness::start() else {
+    let Some(h) = start() else {
         return;
     };
     let b = h.backend("nogroup", BackendOptions::default()).await;
@@ -122,7 +88,7 @@ async fn lost_consumer_group_is_recreated_and_work_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_gives_unavailable_fast_and_the_same_backend_recovers() {
-    let Some(mut h) = RedisHarness::start() else {
+    let Some(mut h) = start() else {
         return;
     };
     let b = h.backend("outage", BackendOptions::default()).await;
@@ -165,7 +131,7 @@ async fn outage_gives_unavailable_fast_and_the_same_backend_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_shares_the_prefix_hash_tag() {
-    let Some(h) = RedisHarness::start() else {
+    let Some(h) = start() else {
         return;
     };
     let b = h
@@ -230,7 +196,7 @@ async fn every_key_shares_the_prefix_hash_tag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_delivery_enqueue_leaves_no_mark() {
-    let Some(h) = RedisHarness::start() else {
+    let Some(h) = start() else {
         return;
     };
     let b = h.backend("failmark", BackendOptions::default()).await;

@@ -2,13 +2,9 @@
 //! goes wrong failing at connect, fast, with one sentence.
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-
-use common::conformance::{backend_conformance, Harness};
+use common::conformance::backend_conformance;
 use pipeline_core::backend::redis::RedisBackend;
 use pipeline_core::backend::*;
 use pipeline_core::config::RedisTlsFiles;
@@ -17,46 +13,16 @@ use pipeline_core::testkit::RedisTls;
 /// Longest a failing connect may take: the connect is bounded by timeouts, never a hang.
 const FAIL_FAST: Duration = Duration::from_secs(5);
 
-/// One TLS server per test; `open` takes a fresh key prefix on it, `reopen` the last one again.
-struct TlsHarness {
-    server: RedisTls,
-    prefix: Mutex<String>,
+type TlsHarness = common::redis_harness::RedisHarness<RedisTls>;
+
+/// `None` (the test is skipped) when redis-server is not installed and CI is not set.
+fn start() -> Option<TlsHarness> {
+    let server = RedisTls::start().unwrap_or_else(|e| panic!("{e}"))?;
+    let (url, files) = (server.url(), server.files());
+    Some(TlsHarness::new(server, url, files))
 }
 
-static PREFIXES: AtomicU64 = AtomicU64::new(0);
-
-impl TlsHarness {
-    /// `None` (the test is skipped) when redis-server is not installed and CI is not set.
-    fn start() -> Option<TlsHarness> {
-        let server = RedisTls::start().unwrap_or_else(|e| panic!("{e}"))?;
-        Some(TlsHarness {
-            server,
-            prefix: Mutex::new("t0".into()),
-        })
-    }
-
-    async fn backend(&self, prefix: &str, options: BackendOptions) -> RedisBackend {
-        RedisBackend::connect(&self.server.url(), prefix, &self.server.files(), options)
-            .await
-            .unwrap()
-    }
-}
-
-#[async_trait]
-impl Harness for TlsHarness {
-    async fn open(&self, options: BackendOptions) -> Arc<dyn Backend> {
-        let prefix = format!("t{}", PREFIXES.fetch_add(1, Ordering::Relaxed));
-        *self.prefix.lock().unwrap() = prefix.clone();
-        Arc::new(self.backend(&prefix, options).await)
-    }
-
-    async fn reopen(&self, options: BackendOptions) -> Arc<dyn Backend> {
-        let prefix = self.prefix.lock().unwrap().clone();
-        Arc::new(self.backend(&prefix, options).await)
-    }
-}
-
-backend_conformance!(match TlsHarness::start() {
+backend_conformance!(match start() {
     Some(h) => h,
     None => return,
 });

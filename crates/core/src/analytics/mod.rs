@@ -56,10 +56,35 @@ pub mod maps {
     /// The consumer process's resources, fields in [`super::consumer_process`] (gauges kept
     /// like the progress: by adding the difference to what is stored).
     pub const CONSUMER_PROCESS_PREFIX: &str = "consumer_process:";
+    /// Durations of the consumer's own backend calls, one map per operation:
+    /// `<prefix><operation>:<consumer name>` ([`consumer_call_duration`]), operation one of
+    /// [`super::consumer_calls::OPERATIONS`]; fields are latency buckets as in the latency
+    /// maps.
+    pub const CONSUMER_CALL_DURATION_PREFIX: &str = "consumer_call_duration_us:";
+    /// The consumer's failed backend calls (timeouts included); field = the operation.
+    pub const CONSUMER_CALL_ERRORS_PREFIX: &str = "consumer_call_errors:";
 
     /// The per-minute map of a unix minute; fixed width so names sort by time.
     pub fn per_minute(minute: i64) -> String {
         format!("{PER_MINUTE_PREFIX}{minute:010}")
+    }
+
+    /// The [`CONSUMER_CALL_DURATION_PREFIX`] map of one operation of one consumer.
+    pub fn consumer_call_duration(operation: &str, consumer: &str) -> String {
+        format!("{CONSUMER_CALL_DURATION_PREFIX}{operation}:{consumer}")
+    }
+
+    /// `(operation, consumer)` of a [`consumer_call_duration`] map name; `None` for any other
+    /// name, an unknown operation included. The operation is matched against the known ones
+    /// rather than split at a `:`, so a consumer name may hold any character.
+    pub fn consumer_call_duration_of(name: &str) -> Option<(&'static str, &str)> {
+        let rest = name.strip_prefix(CONSUMER_CALL_DURATION_PREFIX)?;
+        super::consumer_calls::OPERATIONS
+            .iter()
+            .find_map(|operation| {
+                let consumer = rest.strip_prefix(operation)?.strip_prefix(':')?;
+                Some((*operation, consumer))
+            })
     }
 }
 
@@ -77,6 +102,16 @@ pub mod consumer_process {
     pub const OPEN_FDS: &str = "open_fds";
     /// User plus system CPU seconds since the consumer process started.
     pub const CPU_SECONDS: &str = "cpu_seconds";
+}
+
+/// Operations of the consumers' own backend calls, as the [`maps::CONSUMER_CALL_DURATION_PREFIX`]
+/// and [`maps::CONSUMER_CALL_ERRORS_PREFIX`] maps name them.
+pub mod consumer_calls {
+    /// `Backend::claim_batch`.
+    pub const CLAIM: &str = "claim";
+    /// `Backend::settle`.
+    pub const SETTLE: &str = "settle";
+    pub const OPERATIONS: [&str; 2] = [CLAIM, SETTLE];
 }
 
 /// Field names of the [`maps::COUNTERS`] map.

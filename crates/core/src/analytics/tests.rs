@@ -158,3 +158,27 @@ fn handler_log_lines_match_the_original() {
         "User signup: user_abc123 from organic"
     );
 }
+
+#[test]
+fn consumer_call_map_names_give_back_their_operation_and_consumer() {
+    for operation in consumer_calls::OPERATIONS {
+        let name = maps::consumer_call_duration(operation, "host:a-1");
+        assert_eq!(
+            maps::consumer_call_duration_of(&name),
+            Some((operation, "host:a-1"))
+        );
+    }
+    assert_eq!(
+        maps::consumer_call_duration_of("consumer_call_duration_us:enqueue:c1"),
+        None,
+        "not an operation consumers time"
+    );
+    assert_eq!(
+        maps::consumer_call_duration_of("consumer_batch_duration_us:c1"),
+        None
+    );
+    assert_eq!(
+        maps::consumer_call_duration_of("consumer_call_duration_us:claimed:c1"),
+        None
+    );
+}

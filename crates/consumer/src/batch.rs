@@ -21,10 +21,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use pipeline_core::analytics::consumer_calls::{CLAIM, SETTLE};
 use pipeline_core::backend::{Backend, BackendError, BackendResult, Delivery, Settlement};
 use pipeline_core::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -100,28 +101,76 @@ struct Decided {
 /// Sending is one poll of the call's future: both backends start the work then (a Redis
 /// command is written to the connection, a SQLite job handed to the writer thread) and carry
 /// on whether or not the future is polled again, so this task can decide a batch meanwhile.
+///
+/// The call is timed from sending to the moment its answer is seen, not collected: while the
+/// loop waits on one call it also polls the other in flight ([`Sent::answer_beside`]), so a
+/// call's duration exceeds the backend's answer only by the time spent deciding a batch (pure
+/// computation, during which nothing is polled) or, about once a second, writing the figures.
 struct Sent<T> {
     call: Pin<Box<dyn Future<Output = T> + Send>>,
-    /// The answer, when it was there at once.
-    answer: Option<T>,
+    sent_at: Instant,
+    /// The answer and how long it took, once seen.
+    answer: Option<(T, Duration)>,
 }
 
 impl<T> Sent<T> {
     async fn send(call: impl Future<Output = T> + Send + 'static) -> Self {
-        let mut call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
-        let answer = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-            Poll::Ready(answer) => Some(answer),
-            Poll::Pending => None,
+        let mut sent = Sent {
+            call: Box::pin(call),
+            sent_at: Instant::now(),
+            answer: None,
         };
-        Sent { call, answer }
+        std::future::poll_fn(|cx| {
+            let _ = sent.poll_note(cx);
+            Poll::Ready(())
+        })
+        .await;
+        sent
     }
 
-    async fn answer(self) -> T {
-        match self.answer {
-            Some(answer) => answer,
-            None => self.call.await,
+    /// Polls the call unless its answer is in, and notes the answer with its duration.
+    fn poll_note(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.answer.is_none() {
+            let Poll::Ready(answer) = self.call.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.answer = Some((answer, self.sent_at.elapsed()));
         }
+        Poll::Ready(())
     }
+
+    /// Waits for the answer and how long the call took, meanwhile noting the answer of
+    /// `meanwhile` (another call in flight) as soon as it arrives, so that one is timed
+    /// right too.
+    async fn answer_beside<U>(mut self, mut meanwhile: Option<&mut Sent<U>>) -> (T, Duration) {
+        let sent_at = self.sent_at;
+        std::future::poll_fn(|cx| {
+            if let Some(other) = meanwhile.as_deref_mut() {
+                let _ = other.poll_note(cx);
+            }
+            match self.answer.take() {
+                Some(answer) => Poll::Ready(answer),
+                // Never polled again once ready: this future completes with the answer.
+                None => self
+                    .call
+                    .as_mut()
+                    .poll(cx)
+                    .map(|answer| (answer, sent_at.elapsed())),
+            }
+        })
+        .await
+    }
+}
+
+/// Whether a claim's duration tells how fast the backend answered. A claim that came back
+/// empty after being allowed to wait is not: it lasted the wait it was given (or until
+/// shutdown). Every other claim is timed, failures included. A claim that returned events
+/// was answered at once when they were ready; when the queue was empty as it was made, it
+/// includes the wait until an enqueue woke it, so under a trickle of events the upper buckets
+/// show gaps between events. Under load the claims find events ready, and the pipelined
+/// claims ([`Consumer::send_claim`]) never wait.
+fn claim_is_timed(wait: Duration, answer: &BackendResult<Vec<Delivery>>) -> bool {
+    wait.is_zero() || !matches!(answer, Ok(batch) if batch.is_empty())
 }
 
 /// A decided batch whose settle call is in flight.
@@ -193,7 +242,7 @@ impl Consumer {
             if batch.is_empty() {
                 // Nothing to overlap with: finish the batch in flight before waiting.
                 if let Some(previous) = settling.take() {
-                    self.complete(previous, &shutdown).await;
+                    self.complete(previous, None, &shutdown).await;
                 }
                 // Never sleep past the next statistics report on an idle queue.
                 let until_report = next_report.saturating_duration_since(Instant::now());
@@ -206,7 +255,7 @@ impl Consumer {
                     // The previous batch is settled first, so the held one is the only batch
                     // leased and the last one in the log. Returns at shutdown, ending the loop.
                     if let Some(previous) = settling.take() {
-                        self.complete(previous, &shutdown).await;
+                        self.complete(previous, None, &shutdown).await;
                     }
                     let held = self.decide(std::mem::take(&mut batch));
                     self.hold_until_stopped(held, &shutdown).await;
@@ -215,18 +264,18 @@ impl Consumer {
                 // The next batch is claimed before this one is decided, so its answer is back
                 // when it is needed, while the backend works on the previous settle. Not with
                 // DAY15_BATCH_LINGER_MS, which would not apply to a batch claimed this way.
-                let next = if self.batch_linger.is_zero() {
+                let mut next = if self.batch_linger.is_zero() {
                     Some(self.send_claim(&shutdown).await)
                 } else {
                     None
                 };
                 let decided = self.decide(std::mem::take(&mut batch));
                 if let Some(previous) = settling.take() {
-                    self.complete(previous, &shutdown).await;
+                    self.complete(previous, next.as_mut(), &shutdown).await;
                 }
-                settling = Some(self.send_settle(decided).await);
+                let in_flight = settling.insert(self.send_settle(decided).await);
                 if let Some(next) = next {
-                    batch = self.claimed(next).await;
+                    batch = self.claimed(next, &mut in_flight.call).await;
                 }
             }
             if self.figures.due() {
@@ -240,11 +289,11 @@ impl Consumer {
         }
         // Leased already: finish them now rather than leave them to their lease.
         if let Some(previous) = settling.take() {
-            self.complete(previous, &shutdown).await;
+            self.complete(previous, None, &shutdown).await;
         }
         if !batch.is_empty() {
             let last = self.send_settle(self.decide(batch)).await;
-            self.complete(last, &shutdown).await;
+            self.complete(last, None, &shutdown).await;
         }
         self.figures.flush(self.backend.as_ref()).await;
         if let Some(dashboard) = self.dashboard.take() {
@@ -264,11 +313,7 @@ impl Consumer {
     /// Claims one batch, lingering for a fuller one when configured. Returns empty on an
     /// idle queue, at shutdown, or after a failed call (having waited out its backoff).
     async fn claim(&mut self, wait: Duration, shutdown: &CancellationToken) -> Vec<Delivery> {
-        let mut batch = match self
-            .backend
-            .claim_batch(&self.name, self.batch_size, wait, shutdown)
-            .await
-        {
+        let mut batch = match self.timed_claim(self.batch_size, wait, shutdown).await {
             Ok(batch) => {
                 self.health.succeeded();
                 batch
@@ -293,8 +338,7 @@ impl Consumer {
                 break;
             }
             match self
-                .backend
-                .claim_batch(&self.name, self.batch_size - batch.len(), left, shutdown)
+                .timed_claim(self.batch_size - batch.len(), left, shutdown)
                 .await
             {
                 Ok(more) if more.is_empty() => break,
@@ -307,6 +351,33 @@ impl Consumer {
             }
         }
         batch
+    }
+
+    /// One claim, counted in this consumer's backend-call figures when [`claim_is_timed`].
+    async fn timed_claim(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> BackendResult<Vec<Delivery>> {
+        let started = Instant::now();
+        let answer = self
+            .backend
+            .claim_batch(&self.name, max, wait, shutdown)
+            .await;
+        self.note_claim(wait, started.elapsed(), &answer);
+        answer
+    }
+
+    fn note_claim(
+        &mut self,
+        wait: Duration,
+        took: Duration,
+        answer: &BackendResult<Vec<Delivery>>,
+    ) {
+        if claim_is_timed(wait, answer) {
+            self.figures.backend_call(CLAIM, took, answer.is_ok());
+        }
     }
 
     /// Decides every event of the batch: pure computation, nothing is waited on.
@@ -351,10 +422,17 @@ impl Consumer {
         .await
     }
 
-    /// The batch a [`Self::send_claim`] got. A failure is noted (the loop's next waiting
-    /// claim backs off) and gives an empty batch.
-    async fn claimed(&mut self, claim: Sent<BackendResult<Vec<Delivery>>>) -> Vec<Delivery> {
-        match claim.answer().await {
+    /// The batch a [`Self::send_claim`] got, noting the answer of `settling` (the settle in
+    /// flight) meanwhile. A failure is noted (the loop's next waiting claim backs off) and
+    /// gives an empty batch.
+    async fn claimed(
+        &mut self,
+        claim: Sent<BackendResult<Vec<Delivery>>>,
+        settling: &mut Sent<BackendResult<()>>,
+    ) -> Vec<Delivery> {
+        let (answer, took) = claim.answer_beside(Some(settling)).await;
+        self.note_claim(Duration::ZERO, took, &answer);
+        match answer {
             Ok(batch) => batch,
             Err(e) => {
                 self.health.failed(&e);
@@ -388,9 +466,16 @@ impl Consumer {
     }
 
     /// Waits for a batch's settle (retrying it through an outage), then counts and reports.
-    async fn complete(&mut self, settling: Settling, shutdown: &CancellationToken) {
+    /// `claiming` (the next batch's claim, when in flight) has its answer noted meanwhile.
+    async fn complete(
+        &mut self,
+        settling: Settling,
+        claiming: Option<&mut Sent<BackendResult<Vec<Delivery>>>>,
+        shutdown: &CancellationToken,
+    ) {
         let Settling { call, decided } = settling;
-        let first_try = call.answer().await;
+        let (first_try, took) = call.answer_beside(claiming).await;
+        self.figures.backend_call(SETTLE, took, first_try.is_ok());
         let settled = match first_try {
             Ok(()) => {
                 self.health.succeeded();
@@ -456,7 +541,11 @@ impl Consumer {
                 }
             }
             // The copy is what a failed call gives back: `settle` consumes its input.
-            match self.backend.settle(settlements.clone()).await {
+            let started = Instant::now();
+            let answer = self.backend.settle(settlements.clone()).await;
+            self.figures
+                .backend_call(SETTLE, started.elapsed(), answer.is_ok());
+            match answer {
                 Ok(()) => {
                     self.health.succeeded();
                     return true;
@@ -464,5 +553,21 @@ impl Consumer {
                 Err(e) => pause = self.health.failed(&e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_claims_that_came_back_empty_after_waiting_go_untimed() {
+        let waited = Duration::from_secs(1);
+        let refused: BackendResult<Vec<Delivery>> =
+            Err(BackendError::Unavailable("connection refused".into()));
+        assert!(!claim_is_timed(waited, &Ok(Vec::new())));
+        assert!(claim_is_timed(Duration::ZERO, &Ok(Vec::new())));
+        assert!(claim_is_timed(waited, &refused));
+        assert!(claim_is_timed(Duration::ZERO, &refused));
     }
 }

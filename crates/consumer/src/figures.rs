@@ -1,8 +1,9 @@
-//! This consumer's batch figures (sizes, durations, last progress) and process figures
-//! (resident memory, open descriptors, CPU seconds), written to the backend about once a
-//! second so the webhook's `/metrics` can export them per consumer.
+//! This consumer's batch figures (sizes, durations, last progress), its own backend calls
+//! (durations and errors of `claim` and `settle`) and process figures (resident memory, open
+//! descriptors, CPU seconds), written to the backend about once a second so the webhook's
+//! `/metrics` can export them per consumer.
 //!
-//! Batches only touch local sums; one [`Backend::record`] call carries them. The maps can only
+//! Batches and backend calls only touch local sums; one [`Backend::record`] call carries them. The maps can only
 //! add, so the gauges (last-progress second, process figures) are kept by adding the
 //! difference to the stored values, which are read once at start and again after any failed
 //! write (a failed call may still have been applied, so the stored values are then unknown).
@@ -58,6 +59,14 @@ impl Stored {
     }
 }
 
+/// One operation's backend calls not written yet.
+#[derive(Debug, Default)]
+struct CallSums {
+    /// Latency bucket -> calls.
+    durations: BTreeMap<u32, u64>,
+    errors: u64,
+}
+
 /// Sums not written yet.
 pub struct BatchFigures {
     name: String,
@@ -65,6 +74,8 @@ pub struct BatchFigures {
     sizes: BTreeMap<String, u64>,
     /// Latency bucket -> batches.
     durations: BTreeMap<u32, u64>,
+    /// Operation (a `pipeline_core::analytics::consumer_calls` name) -> its calls.
+    calls: BTreeMap<&'static str, CallSums>,
     /// Unix second of the last settled batch, when not written yet.
     progress: Option<i64>,
     /// The stored gauges; `None` = unknown, read before the next write.
@@ -78,6 +89,7 @@ impl BatchFigures {
             name: name.to_string(),
             sizes: BTreeMap::new(),
             durations: BTreeMap::new(),
+            calls: BTreeMap::new(),
             progress: None,
             stored: None,
             next_flush: Instant::now() + FLUSH_INTERVAL,
@@ -100,6 +112,20 @@ impl BatchFigures {
         self.progress = Some(chrono::Utc::now().timestamp());
     }
 
+    /// Counts one backend call of `operation` (a `consumer_calls` name) that took `took`;
+    /// `ok` is false when it failed. Which calls are worth timing is the caller's choice.
+    pub fn backend_call(&mut self, operation: &'static str, took: Duration, ok: bool) {
+        let sums = self.calls.entry(operation).or_default();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        *sums
+            .durations
+            .entry(latency::bucket_of(micros))
+            .or_default() += 1;
+        if !ok {
+            sums.errors += 1;
+        }
+    }
+
     /// Whether a flush is due.
     pub fn due(&self) -> bool {
         Instant::now() >= self.next_flush
@@ -111,7 +137,11 @@ impl BatchFigures {
     pub async fn flush(&mut self, backend: &dyn Backend) {
         self.next_flush = Instant::now() + FLUSH_INTERVAL;
         let process = ProcessFigures::read();
-        if self.sizes.is_empty() && self.progress.is_none() && process.is_none() {
+        if self.sizes.is_empty()
+            && self.calls.is_empty()
+            && self.progress.is_none()
+            && process.is_none()
+        {
             return;
         }
         let stored = match self.stored {
@@ -135,6 +165,7 @@ impl BatchFigures {
         if written {
             self.sizes.clear();
             self.durations.clear();
+            self.calls.clear();
             let mut now = stored;
             if let Some(at) = self.progress.take() {
                 now.progress = at as f64;
@@ -166,6 +197,18 @@ impl BatchFigures {
                     .map(|(bucket, n)| Increment::new(&durations, bucket.to_string(), *n as f64)),
             )
             .collect();
+        let errors = format!("{}{}", maps::CONSUMER_CALL_ERRORS_PREFIX, self.name);
+        for (operation, sums) in &self.calls {
+            let durations = maps::consumer_call_duration(operation, &self.name);
+            out.extend(
+                sums.durations
+                    .iter()
+                    .map(|(bucket, n)| Increment::new(&durations, bucket.to_string(), *n as f64)),
+            );
+            if sums.errors > 0 {
+                out.push(Increment::new(&errors, *operation, sums.errors as f64));
+            }
+        }
         if let Some(at) = self.progress {
             let progress = format!("{}{}", maps::CONSUMER_PROGRESS_PREFIX, self.name);
             out.push(Increment::new(
@@ -221,6 +264,30 @@ mod tests {
         let stored = Stored::of(&m, "consumer-1");
         let last = stored.progress;
         assert!((now - last).abs() <= 2.0, "{last} vs {now}");
+    }
+
+    #[tokio::test]
+    async fn backend_calls_reach_the_backend_per_operation_with_their_errors() {
+        use pipeline_core::analytics::consumer_calls::{CLAIM, SETTLE};
+        let ms = Duration::from_millis;
+        let backend = MemoryBackend::new(BackendOptions::default());
+        let mut f = BatchFigures::new("consumer-1");
+        f.backend_call(CLAIM, ms(2), true);
+        f.backend_call(SETTLE, ms(3), true);
+        f.backend_call(SETTLE, ms(900), false);
+        f.flush(&backend).await;
+        f.backend_call(SETTLE, ms(1), true);
+        f.flush(&backend).await;
+        let m = backend.metrics().await.unwrap();
+        let calls = |operation| -> f64 {
+            m.map(&maps::consumer_call_duration(operation, "consumer-1"))
+                .values()
+                .sum()
+        };
+        assert_eq!((calls(CLAIM), calls(SETTLE)), (1.0, 3.0));
+        let errors = m.map("consumer_call_errors:consumer-1");
+        assert_eq!(errors.get(SETTLE), Some(&1.0));
+        assert_eq!(errors.get(CLAIM), None, "no failed claim");
     }
 
     #[cfg(target_os = "linux")]

@@ -64,7 +64,21 @@ async fn an_outage_is_waited_out_logged_once_each_way_and_loses_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!((stats.processed, stats.batches), (2, 2));
-    assert_eq!(metrics(&memory).await.counter(counters::PROCESSED), 2);
+    let stored = metrics(&memory).await;
+    assert_eq!(stored.counter(counters::PROCESSED), 2);
+    // Written with the figures at shutdown: every failed call, and each settle attempt (one
+    // for the first batch, three for the second) under its operation.
+    let errors = stored.map(&format!("consumer_call_errors:{}", stats.consumer));
+    assert_eq!(errors.get("claim"), Some(&(before as f64)), "{errors:?}");
+    assert_eq!(errors.get("settle"), Some(&2.0), "{errors:?}");
+    let settles: f64 = stored
+        .map(&format!(
+            "consumer_call_duration_us:settle:{}",
+            stats.consumer
+        ))
+        .values()
+        .sum();
+    assert_eq!(settles, 4.0);
     assert_eq!(memory.depths().await.unwrap().queue, 0);
 
     eventually("the statistics block in the log", DEADLINE, || async {

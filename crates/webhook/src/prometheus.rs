@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use pipeline_core::analytics::{
-    consumer_process, maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS, LAST_PROGRESS,
+    consumer_calls, consumer_process, maps, StoredMetrics, CONSUMER_BATCH_SIZE_BOUNDS,
+    LAST_PROGRESS,
 };
 use pipeline_core::latency;
 use pipeline_core::stats::PipelineStats;
@@ -22,7 +23,8 @@ use crate::own_metrics::{Histogram, OwnSnapshot, BOUNDS};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders every counter, depth gauge and latency histogram: the pipeline's from the backend,
-/// then this process's own (`own`).
+/// then this process's own (`own`). Each family is one block under its `# HELP`/`# TYPE`, as
+/// the text format requires.
 pub fn render(
     stats: &PipelineStats,
     metrics: &StoredMetrics,
@@ -147,7 +149,7 @@ pub fn render(
         &metrics.map(maps::LATENCY_E2E),
     );
     render_consumers(&mut out, metrics);
-    render_own(&mut out, own);
+    render_own(&mut out, own, metrics);
     out
 }
 
@@ -251,7 +253,9 @@ fn render_consumers(out: &mut String, metrics: &StoredMetrics) {
 }
 
 /// This process's figures: backend reachability and calls, HTTP requests, process resources.
-fn render_own(out: &mut String, own: &OwnSnapshot) {
+/// The backend-call families also carry the consumers' calls, from `metrics`: a family must
+/// be one block, so they cannot be rendered with the other consumer figures.
+fn render_own(out: &mut String, own: &OwnSnapshot, metrics: &StoredMetrics) {
     header(
         out,
         "day15_backend_up",
@@ -259,30 +263,41 @@ fn render_own(out: &mut String, own: &OwnSnapshot) {
         "1 when this webhook's last backend call succeeded, 0 otherwise",
     );
     let _ = writeln!(out, "day15_backend_up {}", u8::from(own.backend_up));
+    let consumers = consumer_calls_of(metrics);
+    let name = "day15_backend_call_duration_seconds";
     header(
         out,
-        "day15_backend_call_duration_seconds",
+        name,
         "histogram",
-        "Duration of this webhook's backend calls, by operation",
+        "Duration of backend calls, by operation: this webhook's, and with a consumer label \
+         that consumer's (claims that came back empty after waiting are left out)",
     );
     for (operation, (h, _)) in &own.backend_calls {
-        histogram_samples(
-            out,
-            "day15_backend_call_duration_seconds",
-            &format!("operation=\"{operation}\""),
-            h,
-        );
+        histogram_samples(out, name, &format!("operation=\"{operation}\""), h);
     }
+    for ((consumer, operation), (h, _)) in &consumers {
+        let labels = format!(
+            "operation=\"{operation}\",consumer=\"{}\"",
+            label_value(consumer)
+        );
+        histogram_samples(out, name, &labels, h);
+    }
+    let name = "day15_backend_errors_total";
     header(
         out,
-        "day15_backend_errors_total",
+        name,
         "counter",
-        "This webhook's backend calls that failed or timed out, by operation",
+        "Backend calls that failed or timed out, by operation: this webhook's, and with a \
+         consumer label that consumer's",
     );
     for (operation, (_, errors)) in &own.backend_calls {
+        let _ = writeln!(out, "{name}{{operation=\"{operation}\"}} {errors}");
+    }
+    for ((consumer, operation), (_, errors)) in &consumers {
         let _ = writeln!(
             out,
-            "day15_backend_errors_total{{operation=\"{operation}\"}} {errors}"
+            "{name}{{operation=\"{operation}\",consumer=\"{}\"}} {errors}",
+            label_value(consumer)
         );
     }
     header(
@@ -338,6 +353,26 @@ fn render_own(out: &mut String, own: &OwnSnapshot) {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+}
+
+/// The consumers' backend calls as they wrote them: `(consumer, operation)` -> (durations,
+/// errors). An operation with calls but no failure gets 0 errors, so its counter exists
+/// before the first failure (a rate needs the sample before the increase).
+fn consumer_calls_of(metrics: &StoredMetrics) -> BTreeMap<(&str, &'static str), (Histogram, u64)> {
+    let mut calls: BTreeMap<(&str, &'static str), (Histogram, u64)> = BTreeMap::new();
+    for (name, stored) in &metrics.maps {
+        if let Some((operation, consumer)) = maps::consumer_call_duration_of(name) {
+            calls.entry((consumer, operation)).or_default().0 = latency_histogram(stored);
+        }
+    }
+    for (consumer, stored) in per_consumer(metrics, maps::CONSUMER_CALL_ERRORS_PREFIX) {
+        for operation in consumer_calls::OPERATIONS {
+            if let Some(n) = stored.get(operation) {
+                calls.entry((consumer, operation)).or_default().1 = n.max(0.0) as u64;
+            }
+        }
+    }
+    calls
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

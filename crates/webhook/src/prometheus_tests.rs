@@ -158,6 +158,126 @@ fn consumer_figures_are_rendered_per_consumer() {
 }
 
 #[test]
+fn consumer_backend_calls_share_the_families_of_the_webhooks_own() {
+    let own = crate::own_metrics::OwnMetrics::default();
+    own.record_backend_call("enqueue", std::time::Duration::from_millis(2), true);
+    let mut m = StoredMetrics::default();
+    m.add(&[
+        Increment::latency("consumer_call_duration_us:claim:consumer-1", 300),
+        Increment::latency("consumer_call_duration_us:settle:consumer-1", 3_000),
+        Increment::latency("consumer_call_duration_us:settle:consumer-1", 3_000),
+        Increment::latency("consumer_call_duration_us:settle:consumer-1", 30_000),
+        Increment::new("consumer_call_errors:consumer-1", "settle", 1.0),
+        Increment::latency("consumer_call_duration_us:settle:odd\"name", 3_000),
+        // Not an operation consumers time: never a label value.
+        Increment::latency("consumer_call_duration_us:frobnicate:consumer-1", 3_000),
+    ]);
+    let text = render(&PipelineStats::default(), &m, 0.0, 0, &own.snapshot());
+    for line in [
+        // The webhook's own series keep their labels.
+        "day15_backend_call_duration_seconds_count{operation=\"enqueue\"} 1",
+        "day15_backend_errors_total{operation=\"enqueue\"} 0",
+        "day15_backend_call_duration_seconds_bucket{operation=\"claim\",consumer=\"consumer-1\",le=\"0.0005\"} 1",
+        "day15_backend_call_duration_seconds_count{operation=\"claim\",consumer=\"consumer-1\"} 1",
+        "day15_backend_call_duration_seconds_bucket{operation=\"settle\",consumer=\"consumer-1\",le=\"0.005\"} 2",
+        "day15_backend_call_duration_seconds_bucket{operation=\"settle\",consumer=\"consumer-1\",le=\"+Inf\"} 3",
+        "day15_backend_call_duration_seconds_count{operation=\"settle\",consumer=\"consumer-1\"} 3",
+        "day15_backend_errors_total{operation=\"settle\",consumer=\"consumer-1\"} 1",
+        // A consumer whose calls never failed still has its counter, at 0.
+        "day15_backend_errors_total{operation=\"claim\",consumer=\"consumer-1\"} 0",
+        "day15_backend_call_duration_seconds_count{operation=\"settle\",consumer=\"odd\\\"name\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
+    assert!(!text.contains("frobnicate"), "{text}");
+    assert_eq!(
+        text.matches("# TYPE day15_backend_call_duration_seconds ")
+            .count(),
+        1
+    );
+    assert_eq!(
+        text.matches("# TYPE day15_backend_errors_total ").count(),
+        1
+    );
+}
+
+/// The family a sample line belongs to: its name, without a histogram's suffix.
+fn family_of<'a>(sample: &'a str, histograms: &[&str]) -> &'a str {
+    let name = sample.split(['{', ' ']).next().unwrap_or_default();
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| {
+            name.strip_suffix(suffix)
+                .filter(|base| histograms.contains(base))
+        })
+        .unwrap_or(name)
+}
+
+#[test]
+fn every_family_is_one_block_under_one_help_and_type() {
+    let own = crate::own_metrics::OwnMetrics::default();
+    own.record_backend_call("enqueue", std::time::Duration::from_millis(2), false);
+    own.record_request("/webhook/events", 202, std::time::Duration::from_millis(3));
+    let mut m = StoredMetrics::default();
+    m.add(&[
+        Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 1.0),
+        Increment::new("consumer_batch_size:c1", "5", 1.0),
+        Increment::latency("consumer_batch_duration_us:c1", 3_000),
+        Increment::new("consumer_progress:c1", LAST_PROGRESS, 1.0),
+        Increment::new("consumer_process:c1", consumer_process::OPEN_FDS, 9.0),
+        Increment::latency("consumer_call_duration_us:claim:c1", 300),
+        Increment::latency("consumer_call_duration_us:settle:c2", 300),
+        Increment::new("consumer_call_errors:c2", "settle", 2.0),
+    ]);
+    let text = render(&PipelineStats::default(), &m, 0.0, 0, &own.snapshot());
+    let histograms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+        .collect();
+    // Families in the order their lines appear, each time it starts again.
+    let mut blocks: Vec<(&str, &str)> = Vec::new();
+    for line in text.lines() {
+        let (kind, family) = if let Some(rest) = line.strip_prefix("# HELP ") {
+            ("help", rest.split(' ').next().unwrap_or_default())
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            ("type", rest.split(' ').next().unwrap_or_default())
+        } else {
+            ("sample", family_of(line, &histograms))
+        };
+        match blocks.last() {
+            Some((last, _)) if *last == family => {}
+            _ => blocks.push((family, kind)),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (family, first) in &blocks {
+        assert!(
+            seen.insert(*family),
+            "{family} split in two blocks:\n{text}"
+        );
+        assert_eq!(
+            *first, "help",
+            "{family} does not start with its HELP:\n{text}"
+        );
+    }
+    for family in &seen {
+        let helps = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("# HELP {family} ")))
+            .count();
+        let types = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+            .count();
+        assert_eq!((helps, types), (1, 1), "{family}:\n{text}");
+    }
+    assert!(seen.contains("day15_backend_errors_total"));
+}
+
+#[test]
 fn sample_values_never_print_nan_or_negative_zero() {
     assert_eq!(sample_value(f64::NAN), "0");
     assert_eq!(sample_value(-0.0), "0");

@@ -118,11 +118,12 @@ async fn metrics_carry_process_http_backend_and_type_families_and_pass_promtool(
     }
 }
 
-/// A consumer running on the webhook's backend writes its memory, descriptors and CPU time
-/// there; the webhook exports them labelled with the consumer's name.
+/// A consumer running on the webhook's backend writes its memory, descriptors, CPU time and
+/// its own backend calls there; the webhook exports them labelled with the consumer's name,
+/// the calls in the same families as its own.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn metrics_carry_a_running_consumers_process_figures() {
+async fn metrics_carry_a_running_consumers_process_figures_and_backend_calls() {
     use std::time::Duration;
 
     let server = ServerHandle::start().await;
@@ -134,24 +135,65 @@ async fn metrics_carry_a_running_consumers_process_figures() {
         server.backend.clone(),
         shutdown.clone(),
     ));
+    // An event for the consumer to claim and settle.
+    assert_eq!(
+        server
+            .post("/webhook/events", &event("evt_calls"))
+            .await
+            .status(),
+        202
+    );
 
     let families = [
         "day15_consumer_resident_memory_bytes{consumer=",
         "day15_consumer_open_fds{consumer=",
         "day15_consumer_cpu_seconds_total{consumer=",
     ];
+    let settles = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "day15_backend_call_duration_seconds_count{operation=\"settle\",consumer=",
+                )
+            })
+            .and_then(|rest| rest.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     let text = pipeline_core::testkit::wait::eventually(
-        "the consumer's process figures on /metrics",
+        "the consumer's process figures and settle calls on /metrics",
         Duration::from_secs(15),
         || async {
             let text = server.get("/metrics").await.text().await.ok()?;
-            families
+            (families
                 .iter()
                 .all(|f| text.lines().any(|l| l.starts_with(f)))
-                .then_some(text)
+                && settles(&text).is_some_and(|n| n > 0))
+            .then_some(text)
         },
     )
     .await;
+    let consumer_series = |prefix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(",consumer=\""))
+            .count()
+    };
+    assert_eq!(
+        consumer_series("day15_backend_call_duration_seconds_count{operation=\"claim\""),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("day15_backend_errors_total{operation=\"settle\",consumer=\"")
+            && l.ends_with("} 0")),
+        "{text}"
+    );
+    // The webhook's own calls keep their series, without a consumer label.
+    assert!(
+        text.lines()
+            .any(|l| l == "day15_backend_call_duration_seconds_count{operation=\"enqueue\"} 1"),
+        "{text}"
+    );
     for (family, kind) in [
         ("day15_consumer_resident_memory_bytes", "gauge"),
         ("day15_consumer_open_fds", "gauge"),

@@ -67,12 +67,49 @@ pub struct SqliteConfig {
 /// The Redis queue (`DAY15_QUEUE_BACKEND=redis`).
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Full connection URL, built from the host/port/db/password variables unless given.
+    /// Full connection URL, built from the host/port/db/password variables unless given. In
+    /// cluster mode, comma-separated seed nodes.
     pub url: String,
-    /// Prefix of every key, used as their one hash tag so the scripts work on Redis Cluster.
+    /// One server, or a Redis Cluster.
+    pub mode: RedisMode,
+    /// Prefix of every key; each partition's keys share one hash tag built from it, so every
+    /// script touches one slot.
     pub key_prefix: String,
+    /// Streams the queue is split into (1..=1024); every process of a pipeline must agree.
+    pub partitions: u16,
+    /// Replicas that must confirm an enqueue before the webhook answers 202 (0: none).
+    pub wait_replicas: u32,
+    /// Longest the webhook waits for those confirmations.
+    pub wait_timeout: Duration,
     /// Certificates for `rediss://` URLs; ignored for `redis://`.
     pub tls: RedisTlsFiles,
+}
+
+/// How the pipeline reaches Redis (`DAY15_REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server: a single node or a managed primary behind one address.
+    Standalone,
+    /// A Redis Cluster: slots spread over primaries, `MOVED`/`ASK` followed by the client.
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+
+    /// The partition count when `DAY15_REDIS_PARTITIONS` is unset: one stream on one server,
+    /// sixteen on a cluster so the work spreads over its primaries.
+    pub fn default_partitions(self) -> u16 {
+        match self {
+            RedisMode::Standalone => 1,
+            RedisMode::Cluster => 16,
+        }
+    }
 }
 
 /// PEM files for a `rediss://` connection. All unset: the server is checked against the
@@ -277,6 +314,14 @@ impl Config {
 /// host, so an unencoded `@` in a password cannot leak the rest of it. A URL that does not
 /// parse has everything before its last `@` replaced.
 pub fn redact_url(url: &str) -> String {
+    // Cluster mode: a comma-separated list of seed node URLs, each redacted on its own.
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|one| redact_url(one.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     const MASK: &str = "***";
     // An `@` the parser did not take as the end of the user information (a password with an
     // unencoded `/`, `?` or `#`) means the parse cannot be trusted to have found the secret.

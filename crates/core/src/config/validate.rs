@@ -10,7 +10,7 @@ use super::sources::RawSettings;
 use super::variables::{Kind, When, ROWS};
 use super::{
     BackendKind, Config, ConsumerConfig, DashboardConfig, HttpConfig, LogFormat, LogLevel,
-    LoggingConfig, RedisConfig, RedisTlsFiles, SqliteConfig, SqliteSynchronous,
+    LoggingConfig, RedisConfig, RedisMode, RedisTlsFiles, SqliteConfig, SqliteSynchronous,
 };
 
 /// One bad variable: what it was set to and what would have been accepted.
@@ -252,6 +252,10 @@ impl Config {
                 v.optional("DAY15_REDIS_PASSWORD").as_deref(),
             )
         });
+        let redis_mode = match v.choice("DAY15_REDIS_MODE") {
+            Some("cluster") => RedisMode::Cluster,
+            _ => RedisMode::Standalone,
+        };
         let synchronous = match v.choice("DAY15_SQLITE_SYNCHRONOUS") {
             Some("normal") => SqliteSynchronous::Normal,
             _ => SqliteSynchronous::Full,
@@ -279,7 +283,14 @@ impl Config {
             },
             redis: RedisConfig {
                 url: redis_url,
+                mode: redis_mode,
                 key_prefix: v.text("DAY15_KEY_PREFIX"),
+                partitions: match v.get("DAY15_REDIS_PARTITIONS") {
+                    Some(Value::Int(n)) => u16::try_from(*n).unwrap_or(u16::MAX),
+                    _ => redis_mode.default_partitions(),
+                },
+                wait_replicas: v.int("DAY15_REDIS_WAIT_REPLICAS"),
+                wait_timeout: Duration::from_millis(v.int("DAY15_REDIS_WAIT_TIMEOUT_MS")),
                 tls: RedisTlsFiles {
                     ca_cert: v.optional("DAY15_REDIS_CA_CERT").map(PathBuf::from),
                     client_cert: v.optional("DAY15_REDIS_CLIENT_CERT").map(PathBuf::from),
@@ -366,6 +377,19 @@ fn cross_check(raw: &RawSettings, v: &Values) -> Vec<ConfigProblem> {
                      always answered as a duplicate",
                     ttl.as_secs_f64()
                 ),
+            });
+        }
+    }
+    if let (Some(Value::Choice("standalone")), Some(Value::Text(url))) =
+        (v.get("DAY15_REDIS_MODE"), v.get("DAY15_REDIS_URL"))
+    {
+        if url.contains(',') {
+            problems.push(ConfigProblem {
+                name: "DAY15_REDIS_URL".into(),
+                value: printable("DAY15_REDIS_URL", url),
+                allowed:
+                    "one URL in standalone mode (several seed nodes need DAY15_REDIS_MODE=cluster)"
+                        .into(),
             });
         }
     }

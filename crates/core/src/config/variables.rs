@@ -227,10 +227,14 @@ fn host_list(s: &str) -> bool {
 
 /// Unset is allowed: the URL is then built from the host/port/db/password variables.
 fn redis_url(s: &str) -> bool {
-    s.is_empty()
-        || ["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|scheme| s.starts_with(scheme))
+    ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| s.starts_with(scheme))
+}
+
+/// One URL, or (for cluster mode) several separated by commas; each must be a Redis URL.
+fn redis_urls(s: &str) -> bool {
+    s.is_empty() || s.split(',').map(str::trim).all(redis_url)
 }
 
 fn http_url(s: &str) -> bool {
@@ -271,9 +275,17 @@ pub const ROWS: &[Variable] = &[
         .only_when(When::Unset("DAY15_REDIS_URL")),
     Variable::new(Redis, "DAY15_REDIS_PASSWORD", None, text("any text", None),
         "Redis password, used when DAY15_REDIS_URL is unset (empty = none)"),
-    Variable::new(Redis, "DAY15_REDIS_URL", None, text("a redis:// or rediss:// URL", Some(redis_url)),
-        "Redis URL, redis:// or rediss://; overrides host, port, db and password")
+    Variable::new(Redis, "DAY15_REDIS_MODE", Some("standalone"), one_of(&["standalone", "cluster"]),
+        "standalone: one Redis server (or a managed primary); cluster: a Redis Cluster, DAY15_REDIS_URL listing seed nodes"),
+    Variable::new(Redis, "DAY15_REDIS_URL", None, text("a redis:// or rediss:// URL; in cluster mode a comma-separated list of them", Some(redis_urls)),
+        "Redis URL, redis:// or rediss://; overrides host, port, db and password. Cluster mode: comma-separated seed nodes, any reachable one is enough")
         .flag("redis-url", "URL"),
+    Variable::new(Redis, "DAY15_REDIS_PARTITIONS", None, int(1, 1024),
+        "Streams the queue is split into, each under its own hash tag (unset: 1 in standalone, 16 in cluster mode); recorded in Redis, every process must use the same"),
+    Variable::new(Redis, "DAY15_REDIS_WAIT_REPLICAS", Some("0"), int(0, 16),
+        "Replicas that must confirm an event's write (Redis WAIT) before the webhook answers 202; unconfirmed: 503 + Retry-After (0 = do not wait)"),
+    Variable::new(Redis, "DAY15_REDIS_WAIT_TIMEOUT_MS", Some("100"), int(1, 60_000),
+        "Longest the webhook waits for DAY15_REDIS_WAIT_REPLICAS confirmations"),
     Variable::new(Redis, "DAY15_REDIS_CA_CERT", None, text("a PEM file path", None),
         "For rediss:// URLs: PEM file of the CA that signed the server's certificate (unset = the system roots)"),
     Variable::new(Redis, "DAY15_REDIS_CLIENT_CERT", None, text("a PEM file path", None),
@@ -282,7 +294,7 @@ pub const ROWS: &[Variable] = &[
         "Private key (PEM) of DAY15_REDIS_CLIENT_CERT"),
     Variable::new(Redis, "DAY15_KEY_PREFIX", Some("day15"),
         text("1-64 characters of letters, digits, _ - . : (no braces: the prefix becomes a hash tag)", Some(key_prefix)),
-        "Prefix of every Redis key, also their one hash tag (so Redis Cluster works)")
+        "Prefix of every Redis key; each partition's keys share the hash tag {<prefix>:p<N>} (one partition: {<prefix>})")
         .flag("key-prefix", "PREFIX"),
     Variable::new(Listen, "DAY15_WEBHOOK_HOST", Some("127.0.0.1"), text(HOST, Some(listen_host)),
         "Webhook listen host (beyond loopback, also set DAY15_WEBHOOK_SECRET)")

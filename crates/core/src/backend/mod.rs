@@ -73,6 +73,21 @@ pub enum BackendError {
     /// Anything else (corrupt data, disk full, script error), with context.
     #[error("backend error: {0}")]
     Failed(String),
+    /// The store was set up by a differently configured pipeline (another partition count):
+    /// serving it would split or orphan its data. A configuration problem (exit status 2).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl BackendError {
+    /// The exit status of a process that cannot open its backend for this reason: 2 (bad
+    /// configuration) when the configuration disagrees with the stored data, else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            BackendError::Misconfigured(_) => crate::runtime::exit::USAGE,
+            _ => crate::runtime::exit::FAILURE,
+        }
+    }
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
@@ -167,9 +182,11 @@ impl DeliveryMark {
 pub enum Lease {
     /// A queue row and the random token its claim wrote on it (row ids are reused, tokens not).
     Sqlite { row: i64, token: i64 },
-    /// A stream entry, the consumer it is pending for and its delivery count at the claim (a
-    /// consumer may take over its own stalled entry, so the consumer alone is not enough).
+    /// A stream entry of one partition, the consumer it is pending for and its delivery count
+    /// at the claim (a consumer may take over its own stalled entry, so the consumer alone is
+    /// not enough).
     Redis {
+        partition: u16,
         entry: String,
         consumer: String,
         deliveries: u64,
@@ -363,6 +380,27 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every metric map, shaped as [`StoredMetrics`] documents.
     async fn metrics(&self) -> BackendResult<StoredMetrics>;
+
+    /// How a backend spread over servers is laid out and how much of it answers (`/health`);
+    /// `None` for a backend that lives in one place.
+    async fn topology(&self) -> BackendResult<Option<Topology>> {
+        Ok(None)
+    }
+}
+
+/// The layout of a backend spread over servers, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Topology {
+    /// `standalone` or `cluster`.
+    pub mode: &'static str,
+    /// Streams the queue is split into.
+    pub partitions: u16,
+    /// Primaries serving the data (1 for one server).
+    pub primaries: usize,
+    /// Primaries that answered a ping just now; below `primaries`, part of the queue cannot
+    /// be reached (until the cluster promotes a replica).
+    pub primaries_reachable: usize,
 }
 
 /// Opens the backend the configuration names, for a process that serves it: a SQLite store
@@ -376,15 +414,7 @@ pub async fn connect(config: &Config) -> BackendResult<Arc<dyn Backend>> {
                 .await?
                 .exit_process_when_lost(),
         ),
-        BackendKind::Redis => Arc::new(
-            redis::RedisBackend::connect(
-                &config.redis.url,
-                &config.redis.key_prefix,
-                &config.redis.tls,
-                options,
-            )
-            .await?,
-        ),
+        BackendKind::Redis => Arc::new(redis::RedisBackend::open(&config.redis, options).await?),
     })
 }
 

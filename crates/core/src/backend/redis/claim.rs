@@ -1,25 +1,30 @@
-//! Claiming a batch: the claim script (due retries moved back to the stream, expired leases
-//! taken over with `XAUTOCLAIM`, new entries read), a plain `XREADGROUP` between its runs, and
-//! the wait for new entries as `XREADGROUP … BLOCK` on dedicated connections.
+//! Claiming a batch across partitions: a walk over the partitions (starting one further each
+//! claim, so none is starved) that runs each one's claim script (due retries moved back to the
+//! stream, expired leases taken over with `XAUTOCLAIM`, new entries read) or, between its
+//! runs, a plain `XREADGROUP`; and, when every partition came up empty, the wait for new
+//! entries: `XREADGROUP … BLOCK` over every stream on one server, the sharded Pub/Sub bell on
+//! a cluster.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::CONNECT_TIMEOUT;
 use super::error::{bounded, CallError, CALL_DEADLINE};
 use super::reply::{delivery, integer, stream_read_deliveries, text};
-use super::{keys, RedisBackend, CONNECT_TIMEOUT};
+use super::{keys, Partition, RedisBackend, Waiter};
 use crate::backend::{epoch_millis, BackendResult, Delivery};
 
-/// Longest single `XREADGROUP … BLOCK`: bounds how late cancellation, due retries and expired
-/// leases are noticed by a waiting claimer.
+/// Longest single wait for new entries: bounds how late cancellation, due retries and expired
+/// leases are noticed by a waiting claimer (and, on a cluster, an entry whose bell was missed).
 const MAX_BLOCK_SLICE: Duration = Duration::from_millis(500);
 /// Most due retries moved back to the stream per claim.
 const PROMOTE_PER_CLAIM: usize = 1000;
 
-/// When a claim needs the claim script, and where its `XAUTOCLAIM` walk stands.
+/// When a partition's claim needs the claim script, and where its `XAUTOCLAIM` walk stands.
 ///
 /// Scanning the whole pending-entries list on every claim costs Redis time proportional to the
 /// work in flight, while a lease can only expire with time passing; so a full walk starts at
@@ -38,6 +43,8 @@ pub(super) struct ClaimSchedule {
     next_script: tokio::time::Instant,
     /// Due time (epoch ms) of the next waiting retry, as the script last saw it.
     retry_due: Option<i64>,
+    /// Whether the last claim on this partition failed (logged once per outage).
+    failing: bool,
 }
 
 impl ClaimSchedule {
@@ -48,6 +55,7 @@ impl ClaimSchedule {
             next_scan: tokio::time::Instant::now(),
             next_script: tokio::time::Instant::now(),
             retry_due: None,
+            failing: false,
         }
     }
 
@@ -60,8 +68,9 @@ impl ClaimSchedule {
     }
 }
 
-/// Longest a busy consumer goes without running the claim script (which moves due retries
-/// back to the stream): bounds how late a retry scheduled by another consumer is noticed.
+/// Longest a busy consumer goes without running a partition's claim script (which moves due
+/// retries back to the stream): bounds how late a retry scheduled by another consumer is
+/// noticed.
 const CLAIM_SCRIPT_INTERVAL: Duration = Duration::from_millis(100);
 
 const AUTOCLAIM_START: &str = "0-0";
@@ -73,8 +82,8 @@ fn autoclaim_interval(visibility_timeout: Duration) -> Duration {
 }
 
 impl RedisBackend {
-    /// Up to `max` deliveries for `consumer`, waiting up to `wait` (in short blocking slices)
-    /// while there are none; returns early, possibly empty, once `cancel` fires.
+    /// Up to `max` deliveries for `consumer`, waiting up to `wait` (in short slices) while
+    /// there are none; returns early, possibly empty, once `cancel` fires.
     pub(super) async fn claim(
         &self,
         consumer: &str,
@@ -85,26 +94,15 @@ impl RedisBackend {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        let plain = self
-            .claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .plain_read_will_do(tokio::time::Instant::now(), epoch_millis(SystemTime::now()));
-        if plain {
-            // An empty read, or a lost group (the script re-creates it), goes on below.
-            match self.read_new(consumer, max).await {
-                Ok(got) if !got.is_empty() => return Ok(got),
-                Ok(_) => {}
-                Err(e) if e.is_nogroup() => {}
-                Err(e) => return Err(self.fail("claim")(e)),
-            }
+        let spilled = self.take_spill(consumer, max);
+        if !spilled.is_empty() {
+            return Ok(spilled);
         }
+        let deadline = tokio::time::Instant::now() + wait;
+        // Listening before the walk: an entry enqueued while it runs still rings.
+        let mut bell = self.bell().await;
         loop {
-            let (got, next_due) = self
-                .with_group(|| self.claim_now(consumer, max))
-                .await
-                .map_err(self.fail("claim"))?;
+            let (got, next_due) = self.walk(consumer, max).await?;
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -117,35 +115,145 @@ impl RedisBackend {
                 let in_ms = (due - epoch_millis(SystemTime::now())).max(1) as u64;
                 slice = slice.min(Duration::from_millis(in_ms));
             }
-            // Deliberately not raced against `cancel`: dropping a read in flight could strand
-            // entries Redis already delivered until their lease runs out. A slice is short.
-            let got = self
-                .with_group(|| self.blocking_read(consumer, max, slice))
-                .await
-                .map_err(self.fail("claim (blocking read)"))?;
-            if !got.is_empty() {
-                return Ok(got);
+            match (&self.waiter, bell.as_mut()) {
+                (Waiter::Blocking { .. }, _) => {
+                    // Deliberately not raced against `cancel`: dropping a read in flight could
+                    // strand entries Redis already delivered until their lease runs out.
+                    let got = self
+                        .blocking_read(consumer, max, slice)
+                        .await
+                        .map_err(self.fail("claim (blocking read)"))?;
+                    if !got.is_empty() {
+                        return Ok(got);
+                    }
+                }
+                (Waiter::Bell { .. }, Some(rung)) => {
+                    tokio::select! {
+                        _ = rung.changed() => {}
+                        _ = tokio::time::sleep(slice) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+                (Waiter::Bell { .. }, None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(slice) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
             }
         }
     }
 
-    /// One claim script run: due retries moved back, expired leases taken over, new entries
-    /// read. Returns the deliveries and when the next waiting retry is due (epoch ms).
+    /// One walk over every partition, from the next starting point on, until `max` deliveries
+    /// are in hand. A partition that fails is skipped (its primary may be failing over); the
+    /// claim fails only when every partition did. Returns the deliveries and the earliest due
+    /// time of a waiting retry.
+    async fn walk(
+        &self,
+        consumer: &str,
+        max: usize,
+    ) -> BackendResult<(Vec<Delivery>, Option<i64>)> {
+        let n = self.partitions.len();
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
+        let mut out = Vec::new();
+        let mut next_due: Option<i64> = None;
+        let mut failed = None;
+        let mut answered = false;
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let p = &self.partitions[(start + i) % n];
+            match self.claim_partition(p, consumer, max - out.len()).await {
+                Ok((got, due)) => {
+                    answered = true;
+                    out.extend(got);
+                    next_due = match (next_due, due) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    self.note_partition(p, None);
+                }
+                Err(e) => {
+                    let e = self.fail("claim")(e);
+                    self.note_partition(p, Some(&e));
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if !answered => Err(e),
+            _ => Ok((out, next_due)),
+        }
+    }
+
+    /// Logs a partition's claims starting or ceasing to fail, once each.
+    fn note_partition(&self, p: &Partition, error: Option<&crate::backend::BackendError>) {
+        let mut st = p.claims.lock().unwrap_or_else(|e| e.into_inner());
+        match (st.failing, error) {
+            (false, Some(e)) => {
+                tracing::warn!(
+                    partition = p.keys.partition,
+                    "claims failing on a partition: {e}"
+                );
+                st.failing = true;
+            }
+            (true, None) => {
+                tracing::info!(
+                    partition = p.keys.partition,
+                    "claims on the partition work again"
+                );
+                st.failing = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Up to `max` deliveries from one partition: a plain read when the schedule allows it,
+    /// else the claim script.
+    async fn claim_partition(
+        &self,
+        p: &Partition,
+        consumer: &str,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Option<i64>), CallError> {
+        let (plain, due) = {
+            let st = p.claims.lock().unwrap_or_else(|e| e.into_inner());
+            let plain =
+                st.plain_read_will_do(tokio::time::Instant::now(), epoch_millis(SystemTime::now()));
+            (plain, st.retry_due)
+        };
+        if plain {
+            // A lost group goes on to the script, which runs under `with_group`.
+            match self.read_new(p, consumer, max).await {
+                Ok(got) => return Ok((got, due)),
+                Err(e) if e.is_nogroup() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.with_group(&p.keys, || self.claim_now(p, consumer, max))
+            .await
+    }
+
+    /// One claim script run on partition `p`: due retries moved back, expired leases taken
+    /// over, new entries read. Returns the deliveries and when the next waiting retry is due
+    /// (epoch ms).
     async fn claim_now(
         &self,
+        p: &Partition,
         consumer: &str,
         max: usize,
     ) -> Result<(Vec<Delivery>, Option<i64>), CallError> {
         let now_instant = tokio::time::Instant::now();
         let (scan, cursor) = {
-            let st = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            let st = p.claims.lock().unwrap_or_else(|e| e.into_inner());
             let scan = st.cursor != AUTOCLAIM_START || now_instant >= st.next_scan;
             (scan, st.cursor.clone())
         };
         let now = epoch_millis(SystemTime::now());
         let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(&self.keys.stream)
-            .key(&self.keys.retry)
+        inv.key(&p.keys.stream)
+            .key(&p.keys.retry)
             .arg(keys::GROUP)
             .arg(consumer)
             .arg(max)
@@ -160,7 +268,7 @@ impl RedisBackend {
         let next_cursor = items.next().and_then(|v| text(&v));
         let next_due = items.next().and_then(|v| integer(&v)).filter(|d| *d >= 0);
         {
-            let mut st = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = p.claims.lock().unwrap_or_else(|e| e.into_inner());
             if let (true, Some(next_cursor)) = (scan, next_cursor) {
                 if next_cursor == AUTOCLAIM_START {
                     st.next_scan =
@@ -178,6 +286,7 @@ impl RedisBackend {
                 continue;
             };
             if let Some(delivery) = delivery(
+                p.keys.partition,
                 &entry,
                 count,
                 consumer,
@@ -191,29 +300,14 @@ impl RedisBackend {
         Ok((out, next_due))
     }
 
-    /// An idle dedicated connection from the pool, or a new one.
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, CallError> {
-        let idle = self
-            .blocking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        if let Some(conn) = idle {
-            return Ok(conn);
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(MAX_BLOCK_SLICE + CALL_DEADLINE));
-        bounded(
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-    }
-
-    /// New entries for `consumer`, without waiting: a plain `XREADGROUP … >` on the shared
-    /// connection (no `BLOCK`, so it never stalls it).
-    async fn read_new(&self, consumer: &str, max: usize) -> Result<Vec<Delivery>, CallError> {
+    /// New entries of partition `p` for `consumer`, without waiting: a plain `XREADGROUP … >`
+    /// on the shared connection (no `BLOCK`, so it never stalls it).
+    async fn read_new(
+        &self,
+        p: &Partition,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, CallError> {
         let mut conn = self.conn.clone();
         let reply = bounded(
             ::redis::cmd("XREADGROUP")
@@ -223,43 +317,140 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(max)
                 .arg("STREAMS")
-                .arg(&self.keys.stream)
+                .arg(&p.keys.stream)
                 .arg(">")
                 .query_async::<Value>(&mut conn),
         )
         .await?;
-        Ok(stream_read_deliveries(&reply, consumer))
+        Ok(stream_read_deliveries(&reply, consumer, |_| {
+            Some(p.keys.partition)
+        }))
     }
 
-    /// Waits up to `block` for new entries on a dedicated connection. The read is never
-    /// abandoned midway (that could strand delivered entries until the visibility timeout);
-    /// `block` is kept short instead.
+    /// The cluster bell's receiver, subscribing on first use; `None` on one server (which
+    /// blocks on the streams instead) or when subscribing failed (then waits are plain slices).
+    async fn bell(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let Waiter::Bell {
+            client,
+            subscribed,
+            rung,
+        } = &self.waiter
+        else {
+            return None;
+        };
+        let receiver = rung.subscribe();
+        let subscribe = || async {
+            let mut conn = bounded(client.get_async_connection()).await?;
+            // One channel per call: the partitions' channels live in different slots.
+            for p in &self.partitions {
+                bounded(conn.ssubscribe(&p.keys.ready)).await?;
+            }
+            Ok::<_, CallError>(conn)
+        };
+        match subscribed.get_or_try_init(subscribe).await {
+            Ok(_) => Some(receiver),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot subscribe to the partitions' wake-up channels (waits fall back to {MAX_BLOCK_SLICE:?} slices): {}",
+                    self.fail("subscribe")(e)
+                );
+                None
+            }
+        }
+    }
+
+    /// Deliveries read past an earlier claim's `max`, up to `max` of them.
+    fn take_spill(&self, consumer: &str, max: usize) -> Vec<Delivery> {
+        let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(held) = spill.get_mut(consumer) else {
+            return Vec::new();
+        };
+        let rest = held.split_off(max.min(held.len()));
+        let taken = std::mem::replace(held, rest);
+        if held.is_empty() {
+            spill.remove(consumer);
+        }
+        taken
+    }
+
+    /// An idle dedicated connection from the pool, or a new one.
+    async fn blocking_connection(
+        &self,
+        client: &::redis::Client,
+        idle: &std::sync::Mutex<Vec<MultiplexedConnection>>,
+    ) -> Result<MultiplexedConnection, CallError> {
+        let reused = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(conn) = reused {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(MAX_BLOCK_SLICE + CALL_DEADLINE));
+        bounded(client.get_multiplexed_async_connection_with_config(&config)).await
+    }
+
+    /// Waits up to `block` for new entries in any partition (one server only), on a dedicated
+    /// connection. The read is never abandoned midway (that could strand delivered entries
+    /// until the visibility timeout); `block` is kept short instead. Entries past `max` (the
+    /// read takes up to `max / partitions`, at least one, from each stream) are kept for the
+    /// consumer's next claim.
     async fn blocking_read(
         &self,
         consumer: &str,
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, CallError> {
-        let mut conn = self.blocking_connection().await?;
-        let block_ms = (block.as_millis() as u64).max(1);
-        let reply = ::redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(keys::GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&self.keys.stream)
-            .arg(">")
-            .query_async::<Value>(&mut conn)
-            .await?;
-        // Only a connection that just answered goes back to the pool; a failed one is dropped.
-        self.blocking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        Ok(stream_read_deliveries(&reply, consumer))
+        let Waiter::Blocking { client, idle } = &self.waiter else {
+            return Ok(Vec::new());
+        };
+        let read = || async {
+            let mut conn = self.blocking_connection(client, idle).await?;
+            let per_stream = (max / self.partitions.len()).max(1);
+            let mut cmd = ::redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(keys::GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(per_stream)
+                .arg("BLOCK")
+                .arg((block.as_millis() as u64).max(1))
+                .arg("STREAMS");
+            for p in &self.partitions {
+                cmd.arg(&p.keys.stream);
+            }
+            for _ in &self.partitions {
+                cmd.arg(">");
+            }
+            let reply = cmd.query_async::<Value>(&mut conn).await?;
+            // Only a connection that just answered goes back to the pool.
+            idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            Ok::<_, CallError>(reply)
+        };
+        let reply = match read().await {
+            Err(e) if e.is_nogroup() => {
+                tracing::warn!(url = %self.redacted_url, "consumer group missing; re-creating it");
+                for p in &self.partitions {
+                    self.ensure_group(&p.keys).await?;
+                }
+                read().await?
+            }
+            other => other?,
+        };
+        let mut got = stream_read_deliveries(&reply, consumer, |stream| {
+            self.partitions
+                .iter()
+                .find(|p| p.keys.stream == stream)
+                .map(|p| p.keys.partition)
+        });
+        if got.len() > max {
+            let extra = got.split_off(max);
+            self.spill
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(consumer.to_string())
+                .or_default()
+                .extend(extra);
+        }
+        Ok(got)
     }
 }

@@ -1,11 +1,16 @@
-//! The dead-letter queue: a stream read with `XRANGE`, replayed and purged by one script
-//! call each (a replay of everything in steps of [`REPLAY_STEP`]).
+//! The dead-letter queue: a stream per partition read with `XRANGE` and merged in order,
+//! replayed and purged by one script call per partition (a replay of everything in steps of
+//! [`REPLAY_STEP`]).
+
+use std::collections::HashMap;
 
 use ::redis::Value;
+use futures_util::future::try_join_all;
 
 use super::error::bounded;
-use super::reply::field_map;
-use super::RedisBackend;
+use super::reply::{field_map, text};
+use super::settle::stream_position;
+use super::{Partition, RedisBackend};
 use crate::backend::{format_millis, payload_value, BackendResult, DeadLetter, DlqSelection};
 use crate::event::EventId;
 
@@ -13,7 +18,11 @@ use crate::event::EventId;
 const REPLAY_STEP: usize = 1000;
 
 impl RedisBackend {
-    /// Up to `limit` dead letters, oldest first, after skipping `offset`.
+    /// Up to `limit` dead letters, oldest first across partitions, after skipping `offset`.
+    ///
+    /// The order is `failed_at` (the settle that dead-lettered it; one batch shares one), ties
+    /// broken by event id, then by partition and place in it, so pages are stable while the
+    /// DLQ only grows.
     pub(super) async fn list_dead_letters(
         &self,
         limit: usize,
@@ -22,26 +31,45 @@ impl RedisBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = bounded(
-            ::redis::cmd("XRANGE")
-                .arg(&self.keys.dlq)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(offset.saturating_add(limit))
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(self.fail("dlq list"))?;
-        let Value::Array(entries) = reply else {
-            return Ok(Vec::new());
+        let wanted = offset.saturating_add(limit);
+        let pages = try_join_all(self.partitions.iter().map(|p| async move {
+            let mut conn = self.conn.clone();
+            let reply: Value = bounded(
+                ::redis::cmd("XRANGE")
+                    .arg(&p.keys.dlq)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(wanted)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(self.fail("dlq list"))?;
+            Ok::<_, crate::backend::BackendError>((p.keys.partition, reply))
+        }))
+        .await?;
+        // (entry position, partition, fields) of every entry read, merged in order.
+        type Entry = ((u64, u64), u16, HashMap<String, String>);
+        let mut entries: Vec<Entry> = Vec::new();
+        for (partition, reply) in &pages {
+            let Value::Array(list) = reply else { continue };
+            for entry in list {
+                let Value::Array(parts) = entry else { continue };
+                let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
+                    continue;
+                };
+                let at = stream_position(&id).unwrap_or((u64::MAX, u64::MAX));
+                entries.push((at, *partition, field_map(fields)));
+            }
+        }
+        let failed_at = |f: &HashMap<String, String>| -> i64 {
+            f.get("failed_at").and_then(|t| t.parse().ok()).unwrap_or(0)
         };
+        entries.sort_by(|(a, ap, af), (b, bp, bf)| {
+            (failed_at(af), af.get("id"), ap, a).cmp(&(failed_at(bf), bf.get("id"), bp, b))
+        });
         let mut out = Vec::new();
-        for entry in entries.iter().skip(offset).take(limit) {
-            let Value::Array(parts) = entry else { continue };
-            let Some(fields) = parts.get(1) else { continue };
-            let f = field_map(fields);
+        for (_, _, f) in entries.into_iter().skip(offset).take(limit) {
             let get = |k: &str| f.get(k).cloned().unwrap_or_default();
             let Ok(event_id) = EventId::parse(&get("id")) else {
                 continue;
@@ -58,13 +86,32 @@ impl RedisBackend {
         Ok(out)
     }
 
-    /// Moves the chosen dead letters back to the queue; returns how many moved.
+    /// Moves the chosen dead letters back to their partitions' queues; returns how many moved.
     pub(super) async fn replay_dead_letters(&self, which: DlqSelection) -> BackendResult<u64> {
-        let ids: Vec<&str> = match &which {
-            DlqSelection::All => Vec::new(),
-            DlqSelection::Ids(ids) if ids.is_empty() => return Ok(0),
-            DlqSelection::Ids(ids) => ids.iter().map(EventId::as_str).collect(),
+        let moved = match &which {
+            DlqSelection::All => {
+                try_join_all(self.partitions.iter().map(|p| self.replay_in(p, &[]))).await?
+            }
+            DlqSelection::Ids(ids) => {
+                let mut by_partition: Vec<(&Partition, Vec<&str>)> = Vec::new();
+                for id in ids {
+                    let p = self.partition_of(id.as_str());
+                    match by_partition
+                        .iter_mut()
+                        .find(|(q, _)| q.keys.partition == p.keys.partition)
+                    {
+                        Some((_, list)) => list.push(id.as_str()),
+                        None => by_partition.push((p, vec![id.as_str()])),
+                    }
+                }
+                try_join_all(by_partition.iter().map(|(p, ids)| self.replay_in(p, ids))).await?
+            }
         };
+        Ok(moved.into_iter().sum())
+    }
+
+    /// Replays `ids` of partition `p` (empty: all of its dead letters, in steps).
+    async fn replay_in(&self, p: &Partition, ids: &[&str]) -> BackendResult<u64> {
         // Chosen ids are all moved by one call; "all" moves in steps so no single script
         // blocks Redis for long.
         let step = if ids.is_empty() {
@@ -75,10 +122,10 @@ impl RedisBackend {
         let mut total = 0u64;
         loop {
             let mut inv = self.scripts.dlq_replay.prepare_invoke();
-            inv.key(&self.keys.dlq)
-                .key(&self.keys.stream)
+            inv.key(&p.keys.dlq)
+                .key(&p.keys.stream)
                 .arg(step.min(i64::MAX as usize))
-                .arg(&ids);
+                .arg(ids);
             let mut conn = self.conn.clone();
             let moved: u64 = bounded(inv.invoke_async(&mut conn))
                 .await
@@ -90,13 +137,17 @@ impl RedisBackend {
         }
     }
 
-    /// Deletes every dead letter; returns how many there were.
+    /// Deletes every dead letter of every partition; returns how many there were.
     pub(super) async fn purge_dead_letters(&self) -> BackendResult<u64> {
-        let mut inv = self.scripts.dlq_purge.prepare_invoke();
-        inv.key(&self.keys.dlq);
-        let mut conn = self.conn.clone();
-        bounded(inv.invoke_async(&mut conn))
-            .await
-            .map_err(self.fail("dlq purge"))
+        let purged = try_join_all(self.partitions.iter().map(|p| async move {
+            let mut inv = self.scripts.dlq_purge.prepare_invoke();
+            inv.key(&p.keys.dlq);
+            let mut conn = self.conn.clone();
+            bounded(inv.invoke_async::<u64>(&mut conn))
+                .await
+                .map_err(self.fail("dlq purge"))
+        }))
+        .await?;
+        Ok(purged.into_iter().sum())
     }
 }

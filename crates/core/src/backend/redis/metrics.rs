@@ -1,9 +1,14 @@
-//! Metric maps: one sorted set per map, listed in a registry set; written by the settle and
-//! record scripts, read in one consistent snapshot by the metrics script.
+//! Metric maps: one sorted set per map and partition, listed in each partition's registry set;
+//! written by the settle and record scripts, read in one consistent snapshot per partition by
+//! the metrics script and merged.
 
 use ::redis::Value;
 
+use futures_util::future::try_join_all;
+
 use super::error::bounded;
+use super::keys::Keys;
+use super::merge::{merge, PartitionMetrics, MEMBERS_PER_PARTITION, TOP_USERS_PER_PARTITION};
 use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
 use crate::analytics::bounds::{self, CAPPED_MAPS, KNOWN_TYPES, OTHER};
@@ -38,14 +43,16 @@ pub(super) fn bounds_arg(b: &Bounds) -> String {
 }
 
 impl RedisBackend {
-    /// Adds increments outside any delivery, in one script call.
+    /// Adds increments outside any delivery, in one script call. They go to the first
+    /// partition: reads add all partitions up, so where a sum lives does not matter.
     pub(super) async fn add_increments(&self, increments: Vec<Increment>) -> BackendResult<()> {
         if increments.is_empty() {
             return Ok(());
         }
+        let keys = &self.partitions[0].keys;
         let mut inv = self.scripts.record.prepare_invoke();
-        inv.key(&self.keys.registry)
-            .arg(self.keys.metric_prefix())
+        inv.key(&keys.registry)
+            .arg(keys.metric_prefix())
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(bounds_arg(&self.options.bounds));
@@ -59,35 +66,108 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Every metric map, read atomically by one script call.
+    /// Every metric map: one consistent snapshot per partition (one script call each, run
+    /// concurrently), merged (see [`super::merge`]). With one partition, its snapshot as is.
     pub(super) async fn read_metrics(&self) -> BackendResult<StoredMetrics> {
+        let several = self.partitions.len() > 1;
+        let parts = try_join_all(
+            self.partitions
+                .iter()
+                .map(|p| self.read_partition_metrics(&p.keys, several)),
+        )
+        .await?;
+        if !several {
+            let part = parts.into_iter().next().unwrap_or_default();
+            return Ok(StoredMetrics {
+                maps: part.maps,
+                distinct_users: part.distinct_count,
+                top_users: part.top_users,
+            });
+        }
+        let (mut merged, need_estimate) = merge(parts, self.options.bounds.max_dimension_values);
+        if need_estimate {
+            merged.distinct_users = merged.distinct_users.max(self.estimate_distinct().await?);
+        }
+        Ok(merged)
+    }
+
+    /// One partition's metrics script run; `several`: read as one of several partitions
+    /// (the exact user set when small, more of the top users).
+    async fn read_partition_metrics(
+        &self,
+        keys: &Keys,
+        several: bool,
+    ) -> BackendResult<PartitionMetrics> {
         let mut inv = self.scripts.metrics.prepare_invoke();
-        inv.key(&self.keys.registry)
-            .arg(self.keys.metric_prefix())
+        inv.key(&keys.registry)
+            .arg(keys.metric_prefix())
             .arg(maps::USERS)
             .arg(maps::USAGE_BY_USER)
-            .arg(TOP_USERS)
+            .arg(if several {
+                TOP_USERS_PER_PARTITION
+            } else {
+                TOP_USERS
+            })
             .arg(self.options.bounds.exact_distinct_users)
-            .arg(HLL_SUFFIX);
+            .arg(HLL_SUFFIX)
+            .arg(if several { MEMBERS_PER_PARTITION } else { 0 });
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
             .await
             .map_err(self.fail("metrics"))?;
-        let mut snapshot = StoredMetrics::default();
+        let mut part = PartitionMetrics::default();
         for pair in reply.chunks_exact(2) {
             let Some(name) = text(&pair[0]) else { continue };
             match MapShape::of(&name) {
                 MapShape::Distinct => {
-                    snapshot.distinct_users = integer(&pair[1]).unwrap_or(0) as u64
+                    let Value::Array(items) = &pair[1] else {
+                        continue;
+                    };
+                    part.distinct_count = items.first().and_then(integer).unwrap_or(0) as u64;
+                    let members: Vec<String> = items.iter().skip(1).filter_map(text).collect();
+                    if members.len() as u64 == part.distinct_count {
+                        part.distinct_members = Some(members);
+                    }
                 }
-                MapShape::Ranked => snapshot.top_users = scored_pairs(&pair[1]),
+                MapShape::Ranked => part.top_users = scored_pairs(&pair[1]),
                 MapShape::Summed => {
-                    snapshot
-                        .maps
+                    part.maps
                         .insert(name, scored_pairs(&pair[1]).into_iter().collect());
                 }
             }
         }
-        Ok(snapshot)
+        Ok(part)
+    }
+
+    /// The estimated distinct users of all partitions together: their HyperLogLogs read raw
+    /// and counted as one by a script in the first partition's slot.
+    async fn estimate_distinct(&self) -> BackendResult<u64> {
+        let raws = try_join_all(self.partitions.iter().map(|p| async move {
+            let mut conn = self.conn.clone();
+            bounded(
+                ::redis::cmd("GET")
+                    .arg(format!("{}{HLL_SUFFIX}", p.keys.metric(maps::USERS)))
+                    .query_async::<Option<Vec<u8>>>(&mut conn),
+            )
+            .await
+            .map_err(self.fail("metrics (distinct users)"))
+        }))
+        .await?;
+        let raws: Vec<Vec<u8>> = raws.into_iter().flatten().collect();
+        if raws.is_empty() {
+            return Ok(0);
+        }
+        let tag = &self.partitions[0].keys.tag;
+        let mut inv = self.scripts.hll_count.prepare_invoke();
+        inv.key(format!("{tag}scratch:hll"))
+            .key(format!("{tag}scratch:hll:part"));
+        for raw in &raws {
+            inv.arg(raw.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        let n: i64 = bounded(inv.invoke_async(&mut conn))
+            .await
+            .map_err(self.fail("metrics (distinct users)"))?;
+        Ok(n.max(0) as u64)
     }
 }

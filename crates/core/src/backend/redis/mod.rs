@@ -35,106 +35,299 @@
 //! replies); this file connects and implements [`Backend`] on top of them.
 
 mod claim;
+mod conn;
 mod dlq;
 mod enqueue;
 mod error;
 mod group;
+mod health;
 pub mod keys;
+mod merge;
 mod metrics;
 mod reply;
 mod scripts;
 mod settle;
 mod tls;
 
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::aio::MultiplexedConnection;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::analytics::StoredMetrics;
-use crate::config::{redact_url, RedisTlsFiles};
+use crate::config::{redact_url, RedisConfig, RedisMode, RedisTlsFiles};
 use claim::ClaimSchedule;
+use conn::Conn;
+use error::bounded;
 pub use error::CALL_DEADLINE;
-use error::{bounded, CallError};
 use keys::Keys;
 use scripts::Scripts;
 
-/// Connect timeout of each connection attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The scale-out backend.
 pub struct RedisBackend {
-    /// Auto-reconnecting multiplexed connection shared by every non-blocking call.
-    conn: ConnectionManager,
-    /// Opens the dedicated connections of blocking reads.
-    client: ::redis::Client,
-    /// Idle dedicated connections for `XREADGROUP … BLOCK`, reused by later claims. A
-    /// `std::sync::Mutex`: it is only held to push or pop, never across an `.await`.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
-    /// Every key name under this pipeline's prefix.
-    keys: Keys,
+    /// The shared multiplexed connection of every non-blocking call: one server's
+    /// auto-reconnecting connection, or the cluster client's.
+    conn: Conn,
+    /// How a claimer with nothing to claim waits for new entries.
+    waiter: Waiter,
+    /// `standalone` or `cluster`.
+    mode: RedisMode,
+    /// Every partition's keys and claim schedule, indexed by partition number.
+    partitions: Vec<Partition>,
+    /// Where the next claim starts its walk over the partitions, so none is starved.
+    rotation: AtomicUsize,
+    /// Deliveries read past a claim's `max` (a blocking read over several streams returns up to
+    /// its count from each), per consumer: handed out first by that consumer's next claim.
+    /// Never held across `.await`.
+    spill: Mutex<HashMap<String, Vec<Delivery>>>,
+    /// Replicas an enqueue must reach before it counts as stored (`WAIT`), and how long to wait.
+    replicas: Option<(u32, Duration)>,
     /// Visibility timeout (passed to the claim script) and idempotency TTL.
     options: BackendOptions,
     /// The Lua scripts, loaded once.
     scripts: Scripts,
-    /// Progress of the search for expired leases. Never held across `.await`.
-    claims: Mutex<ClaimSchedule>,
     /// The URL without its password, for messages.
     redacted_url: String,
 }
 
+/// One partition: its keys and the progress of its search for expired leases.
+struct Partition {
+    keys: Keys,
+    /// Never held across `.await`.
+    claims: Mutex<ClaimSchedule>,
+}
+
+/// How a claimer waits for new entries when every partition came up empty.
+enum Waiter {
+    /// One server: `XREADGROUP … BLOCK` over every partition's stream at once, on dedicated
+    /// connections (a blocking call would stall the shared one). The idle ones are kept for
+    /// later claims; a `std::sync::Mutex`, only held to push or pop.
+    Blocking {
+        client: ::redis::Client,
+        idle: Mutex<Vec<MultiplexedConnection>>,
+    },
+    /// A cluster, where one read cannot span slots: an enqueue that finds its partition's
+    /// stream empty publishes to the partition's sharded channel; a subscribed connection
+    /// (opened by the first claim, re-subscribed by the client after failovers) bumps
+    /// `rung`, and a waiting claimer walks the partitions again.
+    Bell {
+        client: Box<::redis::cluster::ClusterClient>,
+        subscribed: tokio::sync::OnceCell<::redis::cluster_async::ClusterConnection>,
+        rung: tokio::sync::watch::Sender<u64>,
+    },
+}
+
 impl RedisBackend {
-    /// Connects to `url` (the password never appears in errors or logs), and creates the
-    /// consumer group if it does not exist yet. A `rediss://` URL connects over TLS with the
-    /// certificates of `tls` (ignored for `redis://`). Fails with [`BackendError::Unavailable`]
-    /// when Redis does not answer within about a second, and at once, saying what to check,
-    /// when a TLS file cannot be read or the handshake is refused.
+    /// Connects to one server at `url` with a single partition under `prefix` (see
+    /// [`RedisBackend::open`]).
     pub async fn connect(
         url: &str,
         prefix: &str,
         tls: &RedisTlsFiles,
         options: BackendOptions,
     ) -> BackendResult<Self> {
-        let redacted_url = redact_url(url);
-        let client = tls::client(url, &redacted_url, tls)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_DEADLINE))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = match tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let hint = tls::hint(url, &e);
-                let error = CallError::Redis(e).into_backend("connect", &redacted_url);
-                return Err(tls::with_hint(error, hint));
-            }
-            Err(_) => return Err(CallError::Deadline.into_backend("connect", &redacted_url)),
+        let config = RedisConfig {
+            url: url.to_string(),
+            mode: RedisMode::Standalone,
+            key_prefix: prefix.to_string(),
+            partitions: 1,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
+            tls: tls.clone(),
         };
+        RedisBackend::open(&config, options).await
+    }
+
+    /// Connects as `config` says (the password never appears in errors or logs), checks that
+    /// the data under the prefix is laid out for the configured partition count (recording it
+    /// on first use), and creates each partition's consumer group if it does not exist yet.
+    /// A `rediss://` URL connects over TLS with the configured certificates.
+    ///
+    /// Fails with [`BackendError::Unavailable`] when Redis does not answer within a few
+    /// seconds, at once with what to check when a TLS file cannot be read or the handshake is
+    /// refused, and with [`BackendError::Misconfigured`] naming both counts when the recorded
+    /// partition count differs.
+    pub async fn open(config: &RedisConfig, options: BackendOptions) -> BackendResult<Self> {
+        let redacted_url = redact_url(&config.url);
+        let (conn, waiter) = match config.mode {
+            RedisMode::Standalone => {
+                let (conn, client) = conn::single(&config.url, &redacted_url, &config.tls).await?;
+                let waiter = Waiter::Blocking {
+                    client,
+                    idle: Mutex::new(Vec::new()),
+                };
+                (conn, waiter)
+            }
+            RedisMode::Cluster => {
+                let conn = conn::cluster(&config.url, &redacted_url, &config.tls).await?;
+                let (rung, _) = tokio::sync::watch::channel(0u64);
+                let ring = rung.clone();
+                let push = Box::new(move |_: ::redis::PushInfo| -> Result<(), ()> {
+                    ring.send_modify(|n| *n = n.wrapping_add(1));
+                    Ok(())
+                });
+                let client =
+                    conn::cluster_client(&config.url, &redacted_url, &config.tls, Some(push))?;
+                let waiter = Waiter::Bell {
+                    client: Box::new(client),
+                    subscribed: tokio::sync::OnceCell::new(),
+                    rung,
+                };
+                (conn, waiter)
+            }
+        };
+        let count = config.partitions.max(1);
         let backend = RedisBackend {
             conn,
-            client,
-            blocking: Mutex::new(Vec::new()),
-            keys: Keys::new(prefix),
+            waiter,
+            mode: config.mode,
+            partitions: (0..count)
+                .map(|n| Partition {
+                    keys: Keys::partition(&config.key_prefix, n, count),
+                    claims: Mutex::new(ClaimSchedule::new()),
+                })
+                .collect(),
+            rotation: AtomicUsize::new(0),
+            spill: Mutex::new(HashMap::new()),
+            replicas: (config.wait_replicas > 0)
+                .then_some((config.wait_replicas, config.wait_timeout)),
             options,
             scripts: Scripts::new(),
-            claims: Mutex::new(ClaimSchedule::new()),
             redacted_url,
         };
-        backend
-            .ensure_group()
-            .await
-            .map_err(|e| e.into_backend("create consumer group", &backend.redacted_url))?;
-        tracing::debug!(url = %backend.redacted_url, prefix, "redis backend connected");
+        backend.check_partition_count(&config.key_prefix).await?;
+        for p in &backend.partitions {
+            backend
+                .ensure_group(&p.keys)
+                .await
+                .map_err(|e| e.into_backend("create consumer group", &backend.redacted_url))?;
+        }
+        tracing::debug!(
+            url = %backend.redacted_url,
+            prefix = %config.key_prefix,
+            mode = config.mode.as_str(),
+            partitions = count,
+            "redis backend connected"
+        );
         Ok(backend)
+    }
+
+    /// Records the partition count under the prefix on first use; refuses another one.
+    ///
+    /// Data written before partitions were recorded is the one-partition layout: a pipeline
+    /// that finds such a queue and no record counts it as one partition.
+    async fn check_partition_count(&self, prefix: &str) -> BackendResult<()> {
+        let wanted = self.partitions.len();
+        let key = keys::partitions_key(prefix);
+        let legacy = Keys::new(prefix);
+        let mut conn = self.conn.clone();
+        let recorded: Option<usize> = bounded(
+            ::redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<usize>>(&mut conn),
+        )
+        .await
+        .map_err(self.fail("read the partition count"))?;
+        let recorded = match recorded {
+            Some(n) => n,
+            None => {
+                let old_queue: bool = bounded(
+                    ::redis::cmd("EXISTS")
+                        .arg(&legacy.stream)
+                        .query_async::<bool>(&mut conn),
+                )
+                .await
+                .map_err(self.fail("read the partition count"))?;
+                let first = if old_queue { 1 } else { wanted };
+                let set: Option<String> = bounded(
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(first)
+                        .arg("NX")
+                        .query_async(&mut conn),
+                )
+                .await
+                .map_err(self.fail("record the partition count"))?;
+                if set.is_some() {
+                    first
+                } else {
+                    // Another process recorded it first: its count is the one.
+                    bounded(
+                        ::redis::cmd("GET")
+                            .arg(&key)
+                            .query_async::<usize>(&mut conn),
+                    )
+                    .await
+                    .map_err(self.fail("read the partition count"))?
+                }
+            }
+        };
+        if recorded != wanted {
+            return Err(BackendError::Misconfigured(format!(
+                "Redis at {} holds the queue of prefix '{prefix}' in {recorded} partition(s), but DAY15_REDIS_PARTITIONS is {wanted}: set DAY15_REDIS_PARTITIONS={recorded} (or use another DAY15_KEY_PREFIX)",
+                self.redacted_url
+            )));
+        }
+        Ok(())
+    }
+
+    /// The partition an event id belongs to.
+    fn partition_of(&self, event_id: &str) -> &Partition {
+        let n = keys::partition_of(event_id, self.partitions.len() as u16);
+        &self.partitions[usize::from(n)]
+    }
+
+    /// The partition a lease names, if it is one of ours.
+    fn partition(&self, n: u16) -> Option<&Partition> {
+        self.partitions.get(usize::from(n))
+    }
+
+    /// The depths of one partition, read atomically.
+    async fn partition_depths(&self, keys: &Keys) -> BackendResult<Depths> {
+        type FirstEntries = Vec<(String, HashMap<String, String>)>;
+        let mut conn = self.conn.clone();
+        let (stream, retry, dlq, first, first_retry): (u64, u64, u64, FirstEntries, Vec<String>) =
+            bounded(
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("XLEN")
+                    .arg(&keys.stream)
+                    .cmd("ZCARD")
+                    .arg(&keys.retry)
+                    .cmd("XLEN")
+                    .arg(&keys.dlq)
+                    .cmd("XRANGE")
+                    .arg(&keys.stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("ZRANGE")
+                    .arg(&keys.retry)
+                    .arg(0)
+                    .arg(0)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(self.fail("depths"))?;
+        let from_stream = first
+            .first()
+            .and_then(|(_, fields)| payload_received_at_ms(fields.get("payload")?));
+        // A retry member is the JSON array [entry id, event id, payload, failures].
+        let from_retry = first_retry.first().and_then(|member| {
+            let fields: Vec<serde_json::Value> = serde_json::from_str(member).ok()?;
+            payload_received_at_ms(fields.get(2)?.as_str()?)
+        });
+        Ok(Depths {
+            queue: stream + retry,
+            dlq,
+            oldest_at: from_stream.into_iter().chain(from_retry).min(),
+        })
     }
 }
 
@@ -149,6 +342,10 @@ impl Backend for RedisBackend {
         bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
             .await
             .map_err(self.fail("ping"))
+    }
+
+    async fn topology(&self) -> BackendResult<Option<Topology>> {
+        self.check_topology().await.map(Some)
     }
 
     async fn enqueue_delivery(
@@ -173,51 +370,24 @@ impl Backend for RedisBackend {
         self.settle_batch(settlements).await
     }
 
-    /// Queue depth = `XLEN` of the stream (unread + in flight: settled entries are deleted)
-    /// + `ZCARD` of the retry set; DLQ depth = `XLEN` of the DLQ stream. The oldest queued
-    /// event is the older `received_at` of the stream's first entry and of the retry due
+    /// Queue depth = `XLEN` of the streams (unread + in flight: settled entries are deleted)
+    /// + `ZCARD` of the retry sets; DLQ depth = `XLEN` of the DLQ streams. The oldest queued
+    /// event is the oldest `received_at` of each stream's first entry and of each retry due
     /// first (a retry set ordered by due time, so an older retry due later is not seen: an
-    /// under-estimate by at most the retry delays). Read atomically.
+    /// under-estimate by at most the retry delays). Each partition is read atomically; the
+    /// partitions concurrently.
     async fn depths(&self) -> BackendResult<Depths> {
-        type FirstEntries = Vec<(String, std::collections::HashMap<String, String>)>;
-        let mut conn = self.conn.clone();
-        let (stream, retry, dlq, first, first_retry): (u64, u64, u64, FirstEntries, Vec<String>) =
-            bounded(
-                ::redis::pipe()
-                    .atomic()
-                    .cmd("XLEN")
-                    .arg(&self.keys.stream)
-                    .cmd("ZCARD")
-                    .arg(&self.keys.retry)
-                    .cmd("XLEN")
-                    .arg(&self.keys.dlq)
-                    .cmd("XRANGE")
-                    .arg(&self.keys.stream)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .cmd("ZRANGE")
-                    .arg(&self.keys.retry)
-                    .arg(0)
-                    .arg(0)
-                    .query_async(&mut conn),
-            )
-            .await
-            .map_err(self.fail("depths"))?;
-        let from_stream = first
-            .first()
-            .and_then(|(_, fields)| payload_received_at_ms(fields.get("payload")?));
-        // A retry member is the JSON array [entry id, event id, payload, failures].
-        let from_retry = first_retry.first().and_then(|member| {
-            let fields: Vec<serde_json::Value> = serde_json::from_str(member).ok()?;
-            payload_received_at_ms(fields.get(2)?.as_str()?)
-        });
-        Ok(Depths {
-            queue: stream + retry,
-            dlq,
-            oldest_at: from_stream.into_iter().chain(from_retry).min(),
-        })
+        let parts = futures_util::future::try_join_all(
+            self.partitions
+                .iter()
+                .map(|p| self.partition_depths(&p.keys)),
+        )
+        .await?;
+        Ok(parts.into_iter().fold(Depths::default(), |sum, d| Depths {
+            queue: sum.queue + d.queue,
+            dlq: sum.dlq + d.dlq,
+            oldest_at: sum.oldest_at.into_iter().chain(d.oldest_at).min(),
+        }))
     }
 
     async fn dlq_list(&self, limit: usize, offset: usize) -> BackendResult<Vec<DeadLetter>> {

@@ -8,8 +8,10 @@ use ::redis::Value;
 use crate::backend::{Delivery, Lease};
 use crate::event::EventId;
 
-/// A delivery leased to `consumer` from an entry's parts; `None` without a valid event id.
+/// A delivery of `partition` leased to `consumer` from an entry's parts; `None` without a
+/// valid event id.
 pub(super) fn delivery(
+    partition: u16,
     entry: &str,
     deliveries: i64,
     consumer: &str,
@@ -21,6 +23,7 @@ pub(super) fn delivery(
     let failures: u32 = failures.and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(Delivery {
         lease: Lease::Redis {
+            partition,
             entry: entry.to_string(),
             consumer: consumer.to_string(),
             deliveries: deliveries.max(0) as u64,
@@ -32,18 +35,29 @@ pub(super) fn delivery(
 }
 
 /// Deliveries of an `XREADGROUP … >` reply: first deliveries, so their delivery count is 1.
-pub(super) fn stream_read_deliveries(reply: &Value, consumer: &str) -> Vec<Delivery> {
+/// `partition_of` names the partition of each stream in the reply (streams it does not know
+/// are skipped).
+pub(super) fn stream_read_deliveries(
+    reply: &Value,
+    consumer: &str,
+    partition_of: impl Fn(&str) -> Option<u16>,
+) -> Vec<Delivery> {
     let mut out = Vec::new();
-    let streams: Vec<&Value> = match reply {
-        Value::Array(streams) => streams.iter().collect(),
-        Value::Map(streams) => streams.iter().map(|(_, v)| v).collect(),
+    // RESP2: [[name, entries], …]; RESP3: a map of name -> entries.
+    let streams: Vec<(&Value, &Value)> = match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) if pair.len() == 2 => Some((&pair[0], &pair[1])),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.iter().map(|(k, v)| (k, v)).collect(),
         _ => return out,
     };
-    for stream in streams {
-        // RESP2: [name, entries]; RESP3 map values are the entries themselves.
-        let entries = match stream {
-            Value::Array(pair) if pair.len() == 2 && matches!(pair[1], Value::Array(_)) => &pair[1],
-            other => other,
+    for (name, entries) in streams {
+        let Some(partition) = text(name).and_then(|n| partition_of(&n)) else {
+            continue;
         };
         let Value::Array(entries) = entries else {
             continue;
@@ -55,6 +69,7 @@ pub(super) fn stream_read_deliveries(reply: &Value, consumer: &str) -> Vec<Deliv
             };
             let f = field_map(fields);
             if let Some(d) = delivery(
+                partition,
                 &id,
                 1,
                 consumer,

@@ -12,6 +12,7 @@ pub(super) struct Scripts {
     pub(super) metrics: Script,
     pub(super) dlq_replay: Script,
     pub(super) dlq_purge: Script,
+    pub(super) hll_count: Script,
 }
 
 impl Scripts {
@@ -30,6 +31,7 @@ impl Scripts {
             metrics: Script::new(include_str!("lua/metrics.lua")),
             dlq_replay: Script::new(include_str!("lua/dlq_replay.lua")),
             dlq_purge: Script::new(include_str!("lua/dlq_purge.lua")),
+            hll_count: Script::new(include_str!("lua/hll_count.lua")),
         }
     }
 }

@@ -1,25 +1,62 @@
-//! Settling a batch: acks, retries and dead letters of one batch in one settle script run,
-//! each checked against the pending-entries list. Acks whose lease is no longer current are
+//! Settling a batch: acks, retries and dead letters of one batch in one settle script run per
+//! partition, each checked against the pending-entries list. Acks whose lease is no longer current are
 //! dropped and the rest is settled again.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use futures_util::future::try_join_all;
+
 use super::error::{bounded, CallError};
 use super::metrics::{bounds_arg, MINUTE_MAP_TTL_SECS};
-use super::{keys, RedisBackend};
+use super::{keys, Partition, RedisBackend};
 use crate::analytics::{bounds, counting, maps, Sums};
 use crate::backend::{epoch_millis, BackendResult, Lease, Settlement};
 
 impl RedisBackend {
-    /// Settles the whole batch. An ack whose entry another consumer claimed or settled after
-    /// this lease ran out is dropped (logged at debug), and so settles nothing.
+    /// Settles the whole batch: one settle script run per partition the batch touches, the
+    /// partitions concurrently (each atomic on its own). An ack whose entry another consumer
+    /// claimed or settled after this lease ran out is dropped (logged at debug), and so
+    /// settles nothing. Settlements holding another backend's lease settle nothing.
     pub(super) async fn settle_batch(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
-        let mut settlements = settlements;
+        let mut by_partition: Vec<(&Partition, Vec<Settlement>)> = Vec::new();
+        for s in settlements {
+            let Lease::Redis { partition, .. } = &s.delivery().lease else {
+                continue;
+            };
+            let Some(p) = self.partition(*partition) else {
+                continue;
+            };
+            match by_partition
+                .iter_mut()
+                .find(|(q, _)| q.keys.partition == p.keys.partition)
+            {
+                Some((_, list)) => list.push(s),
+                None => by_partition.push((p, vec![s])),
+            }
+        }
+        // One time for the whole batch: its dead letters share one `failed_at`.
+        let now = epoch_millis(SystemTime::now());
+        try_join_all(
+            by_partition
+                .into_iter()
+                .map(|(p, list)| self.settle_partition(p, list, now)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Settles the settlements of partition `p`, dropping stale acks until the rest settles.
+    async fn settle_partition(
+        &self,
+        p: &Partition,
+        mut settlements: Vec<Settlement>,
+        now: i64,
+    ) -> BackendResult<()> {
         // Each pass drops at least one ack (the stale ones are among them), so this ends.
         while !settlements.is_empty() {
             let stale: HashSet<String> = self
-                .with_group(|| self.settle_once(&settlements))
+                .with_group(&p.keys, || self.settle_once(p, &settlements, now))
                 .await
                 .map_err(self.fail("settle"))?
                 .into_iter()
@@ -39,10 +76,16 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Runs the settle script once. Returns the acked entries whose lease was not current
-    /// (another consumer claimed or settled them after this lease ran out); then nothing was
-    /// written. Settlements holding another backend's lease are left out: they settle nothing.
-    async fn settle_once(&self, settlements: &[Settlement]) -> Result<Vec<String>, CallError> {
+    /// Runs the settle script once on partition `p`. Returns the acked entries whose lease was
+    /// not current (another consumer claimed or settled them after this lease ran out); then
+    /// nothing was written.
+    async fn settle_once(
+        &self,
+        p: &Partition,
+        settlements: &[Settlement],
+        now: i64,
+    ) -> Result<Vec<String>, CallError> {
+        let keys = &p.keys;
         // Acks grouped by the consumer that holds them (one group in practice), each group
         // with its lowest and highest entry id, for the script's one XPENDING range per group.
         let mut groups: Vec<AckGroup<'_>> = Vec::new();
@@ -54,6 +97,7 @@ impl RedisBackend {
                     entry,
                     consumer,
                     deliveries,
+                    ..
                 },
             ) = (s, &s.delivery().lease)
             else {
@@ -69,14 +113,13 @@ impl RedisBackend {
             groups[at].add(entry, *deliveries);
             sums.extend(effect.iter().flat_map(|e| &e.increments));
         }
-        let now = epoch_millis(SystemTime::now());
         let mut inv = self.scripts.settle.prepare_invoke();
-        inv.key(&self.keys.stream)
-            .key(&self.keys.retry)
-            .key(&self.keys.dlq)
-            .key(&self.keys.registry)
+        inv.key(&keys.stream)
+            .key(&keys.retry)
+            .key(&keys.dlq)
+            .key(&keys.registry)
             .arg(keys::GROUP)
-            .arg(self.keys.metric_prefix())
+            .arg(keys.metric_prefix())
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(now)
@@ -104,6 +147,7 @@ impl RedisBackend {
                 entry,
                 consumer,
                 deliveries,
+                ..
             } = &s.delivery().lease
             else {
                 continue;
@@ -180,7 +224,7 @@ impl<'a> AckGroup<'a> {
 }
 
 /// A stream entry id `<ms>-<seq>` as a sortable pair.
-fn stream_position(entry: &str) -> Option<(u64, u64)> {
+pub(super) fn stream_position(entry: &str) -> Option<(u64, u64)> {
     let (ms, seq) = entry.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }

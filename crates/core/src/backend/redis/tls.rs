@@ -22,6 +22,20 @@ pub(super) fn client(
     if !url.starts_with("rediss://") {
         return Client::open(url).map_err(invalid);
     }
+    let certs = certificates(files)?.unwrap_or(TlsCertificates {
+        client_tls: None,
+        root_cert: None,
+    });
+    Client::build_with_tls(url, certs).map_err(|e| {
+        BackendError::Failed(format!(
+            "cannot set up TLS for redis at {redacted_url}: {e}"
+        ))
+    })
+}
+
+/// The certificates of `files`, read from disk; `None` when no file is set (the system roots,
+/// no client certificate).
+pub(super) fn certificates(files: &RedisTlsFiles) -> BackendResult<Option<TlsCertificates>> {
     let root_cert = files.ca_cert.as_deref().map(read_pem).transpose()?;
     let client_tls = match (&files.client_cert, &files.client_key) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
@@ -36,18 +50,13 @@ pub(super) fn client(
             ))
         }
     };
-    Client::build_with_tls(
-        url,
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| {
-        BackendError::Failed(format!(
-            "cannot set up TLS for redis at {redacted_url}: {e}"
-        ))
-    })
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// The bytes of a PEM file, or an error naming it.
@@ -84,5 +93,6 @@ pub(super) fn with_hint(error: BackendError, hint: Option<&str>) -> BackendError
     match error {
         BackendError::Unavailable(m) => BackendError::Unavailable(format!("{m}; {hint}")),
         BackendError::Failed(m) => BackendError::Failed(format!("{m}; {hint}")),
+        BackendError::Misconfigured(m) => BackendError::Misconfigured(format!("{m}; {hint}")),
     }
 }

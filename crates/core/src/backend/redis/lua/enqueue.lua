@@ -16,7 +16,9 @@
 -- ARGV[4]  counter field for accepted events
 -- ARGV[5]  counter field for duplicates
 -- ARGV[6]  delivery mark TTL in milliseconds (ignored without KEYS[4])
--- ARGV[7…] pairs: event id, payload
+-- ARGV[7]  sharded channel to SPUBLISH to when the stream was empty before this call and an
+--          event was accepted (wakes waiting consumers on a cluster); '' = never
+-- ARGV[8…] pairs: event id, payload
 -- Returns  an array with one integer per event, in order: 1 accepted, 0 duplicate,
 --          2 duplicate delivery.
 
@@ -24,7 +26,7 @@ local outcomes = {}
 -- The mark is looked up first but written last, after every write that could fail: a script
 -- that errors half-way keeps its earlier writes, and must not keep a mark.
 if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
-  local n = (#ARGV - 6) / 2
+  local n = (#ARGV - 7) / 2
   for i = 1, n do
     outcomes[i] = 2
   end
@@ -35,7 +37,8 @@ if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
   return outcomes
 end
 local accepted, duplicates = 0, 0
-for i = 7, #ARGV, 2 do
+local was_empty = ARGV[7] ~= '' and redis.call('XLEN', KEYS[1]) == 0
+for i = 8, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[2]) then
     redis.call('XADD', KEYS[1], '*', 'id', id, 'payload', ARGV[i + 1], 'failures', '0')
@@ -55,5 +58,8 @@ end
 redis.call('SADD', KEYS[3], ARGV[3])
 if KEYS[4] then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[6])
+end
+if was_empty and accepted > 0 then
+  redis.call('SPUBLISH', ARGV[7], '1')
 end
 return outcomes

@@ -10,9 +10,12 @@
 -- ARGV[4]  how many top entries of the ranked map
 -- ARGV[5]  how many users the distinct-count map holds exactly at most
 -- ARGV[6]  suffix of the distinct-count map's HyperLogLog key
--- Returns  a flat array of pairs: map name, then either the distinct count (the map's size
---          while below ARGV[5], else the HyperLogLog's PFCOUNT, never below the size) or an
---          array of field, score, field, score, … (ranked map: largest first).
+-- ARGV[7]  most members of the distinct-count map to return with its count (0: none)
+-- Returns  a flat array of pairs: map name, then either, for the distinct-count map, an array
+--          of its count (the map's size while below ARGV[5], else the HyperLogLog's PFCOUNT,
+--          never below the size) followed by every member when the exact set is below both
+--          ARGV[5] and ARGV[7] (so counts of several partitions can be united); or an array
+--          of field, score, field, score, … (ranked map: largest first).
 
 local out = {}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -22,10 +25,15 @@ for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   elseif name == ARGV[2] then
     out[#out + 1] = name
     local size = redis.call('ZCARD', key)
+    local reply = { size }
     if size >= tonumber(ARGV[5]) then
-      size = math.max(size, redis.call('PFCOUNT', key .. ARGV[6]))
+      reply[1] = math.max(size, redis.call('PFCOUNT', key .. ARGV[6]))
+    elseif size <= tonumber(ARGV[7]) and size > 0 then
+      for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        reply[#reply + 1] = member
+      end
     end
-    out[#out + 1] = size
+    out[#out + 1] = reply
   elseif name == ARGV[3] then
     out[#out + 1] = name
     out[#out + 1] = redis.call('ZREVRANGE', key, 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')

@@ -99,10 +99,11 @@ async fn run(config: pipeline_core::config::Config) -> i32 {
         Ok(b) => b,
         Err(e) => {
             tracing::error!("Cannot open the {} backend: {e}", config.queue_backend);
-            return failure(format_args!(
-                "cannot open the {} backend: {e}",
+            eprintln!(
+                "consumer: cannot open the {} backend: {e}",
                 config.queue_backend
-            ));
+            );
+            return e.exit_status();
         }
     };
     match crate::run(config, backend, shutdown).await {

@@ -66,12 +66,14 @@ async fn run(raw: RawSettings, config: Config) -> i32 {
     }
     let checks = async {
         preflight::check_backend(&config).await?;
-        preflight::check_port(&config).await
+        preflight::check_port(&config)
+            .await
+            .map_err(|message| (exit::FAILURE, message))
     };
-    if let Err(message) = checks.await {
+    if let Err((status, message)) = checks.await {
         tracing::error!("{message}");
         eprintln!("{message}");
-        return exit::FAILURE;
+        return status;
     }
     supervisor::run(raw, config).await
 }

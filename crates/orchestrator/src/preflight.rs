@@ -11,25 +11,32 @@ use tokio::net::TcpListener;
 /// The message says where, why, and what to do about it, e.g.
 /// `Redis connection failed at redis://127.0.0.1:6379/0: connection refused — start
 /// redis-server or set DAY15_QUEUE_BACKEND=sqlite`.
-pub async fn check_backend(config: &Config) -> Result<(), String> {
+pub async fn check_backend(config: &Config) -> Result<(), (i32, String)> {
     let attempt = async {
         let b = backend::connect(config).await?;
         b.ping().await
     };
     let outcome = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("no answer within 5 s".to_string()),
+        Ok(r) => r,
+        Err(_) => Err(backend::BackendError::Unavailable(
+            "no answer within 5 s".to_string(),
+        )),
     };
-    outcome.map_err(|cause| match config.queue_backend {
-        BackendKind::Redis => format!(
-            "Redis connection failed at {}: {cause} — start redis-server or set DAY15_QUEUE_BACKEND=sqlite",
-            config.redis_url_redacted()
-        ),
-        BackendKind::Sqlite => format!(
-            "Cannot open the SQLite queue at {}: {cause} — check DAY15_SQLITE_PATH",
-            config.sqlite.path.display()
-        ),
-        BackendKind::Memory => format!("In-memory backend failed: {cause}"),
+    outcome.map_err(|e| {
+        let message = match (&e, config.queue_backend) {
+            // The stored data disagrees with the configuration: the sentence says what to set.
+            (backend::BackendError::Misconfigured(m), _) => m.clone(),
+            (_, BackendKind::Redis) => format!(
+                "Redis connection failed at {}: {e} — start redis-server or set DAY15_QUEUE_BACKEND=sqlite",
+                config.redis_url_redacted()
+            ),
+            (_, BackendKind::Sqlite) => format!(
+                "Cannot open the SQLite queue at {}: {e} — check DAY15_SQLITE_PATH",
+                config.sqlite.path.display()
+            ),
+            (_, BackendKind::Memory) => format!("In-memory backend failed: {e}"),
+        };
+        (e.exit_status(), message)
     })
 }
 

@@ -63,7 +63,7 @@ async fn run(config: Config) -> i32 {
         Ok(Ok(backend)) => backend,
         Ok(Err(e)) => {
             tracing::error!("Cannot open the {} backend: {e}", config.queue_backend);
-            return exit::FAILURE;
+            return e.exit_status();
         }
         Err(_) => {
             tracing::error!(

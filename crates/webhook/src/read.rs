@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
-use pipeline_core::backend::{DeadLetter, Depths};
+use pipeline_core::backend::{BackendError, DeadLetter, Depths, Topology};
 use pipeline_core::event::format_received_at;
 use pipeline_core::stats::PipelineStats;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ pub(crate) struct Healthy {
     dlq_depth: u64,
     timestamp: String,
     uptime_seconds: u64,
+    /// Redis only: mode, partitions and the primaries that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<Topology>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -51,18 +54,28 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let checked = state
         .call("ping", async {
             backend.ping().await?;
-            backend.depths().await
+            let topology = backend.topology().await?;
+            if let Some(t) = &topology {
+                if t.primaries_reachable < t.primaries {
+                    return Err(BackendError::Unavailable(format!(
+                        "{} of {} Redis primaries answer; part of the queue is out of reach until the cluster promotes a replica",
+                        t.primaries_reachable, t.primaries
+                    )));
+                }
+            }
+            Ok((backend.depths().await?, topology))
         })
         .await;
     let timestamp = format_received_at(chrono::Utc::now());
     match checked {
-        Ok(depths) => Json(Healthy {
+        Ok((depths, redis)) => Json(Healthy {
             status: "healthy",
             backend: backend.name(),
             queue_depth: depths.queue,
             dlq_depth: depths.dlq,
             timestamp,
             uptime_seconds: state.uptime_seconds(),
+            redis,
         })
         .into_response(),
         Err(e) => {

@@ -48,9 +48,10 @@ impl RedisBackend {
             Ok::<_, crate::backend::BackendError>((p.keys.partition, reply))
         }))
         .await?;
-        // (entry position, partition, fields) of every entry read, merged in order.
-        type Entry = ((u64, u64), u16, HashMap<String, String>);
-        let mut entries: Vec<Entry> = Vec::new();
+        // Every entry read, with its place in the merged order: (failed_at, event id,
+        // partition, place in the partition's stream).
+        type Place = (i64, String, u16, (u64, u64));
+        let mut entries: Vec<(Place, HashMap<String, String>)> = Vec::new();
         for (partition, reply) in &pages {
             let Value::Array(list) = reply else { continue };
             for entry in list {
@@ -58,18 +59,16 @@ impl RedisBackend {
                 let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
                     continue;
                 };
+                let f = field_map(fields);
+                let failed_at = f.get("failed_at").and_then(|t| t.parse().ok()).unwrap_or(0);
+                let event_id = f.get("id").cloned().unwrap_or_default();
                 let at = stream_position(&id).unwrap_or((u64::MAX, u64::MAX));
-                entries.push((at, *partition, field_map(fields)));
+                entries.push(((failed_at, event_id, *partition, at), f));
             }
         }
-        let failed_at = |f: &HashMap<String, String>| -> i64 {
-            f.get("failed_at").and_then(|t| t.parse().ok()).unwrap_or(0)
-        };
-        entries.sort_by(|(a, ap, af), (b, bp, bf)| {
-            (failed_at(af), af.get("id"), ap, a).cmp(&(failed_at(bf), bf.get("id"), bp, b))
-        });
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::new();
-        for (_, _, f) in entries.into_iter().skip(offset).take(limit) {
+        for (_, f) in entries.into_iter().skip(offset).take(limit) {
             let get = |k: &str| f.get(k).cloned().unwrap_or_default();
             let Ok(event_id) = EventId::parse(&get("id")) else {
                 continue;
@@ -93,17 +92,9 @@ impl RedisBackend {
                 try_join_all(self.partitions.iter().map(|p| self.replay_in(p, &[]))).await?
             }
             DlqSelection::Ids(ids) => {
-                let mut by_partition: Vec<(&Partition, Vec<&str>)> = Vec::new();
-                for id in ids {
-                    let p = self.partition_of(id.as_str());
-                    match by_partition
-                        .iter_mut()
-                        .find(|(q, _)| q.keys.partition == p.keys.partition)
-                    {
-                        Some((_, list)) => list.push(id.as_str()),
-                        None => by_partition.push((p, vec![id.as_str()])),
-                    }
-                }
+                let by_partition = self.by_partition(ids.iter().map(EventId::as_str), |id| {
+                    Some(self.partition_number(id))
+                });
                 try_join_all(by_partition.iter().map(|(p, ids)| self.replay_in(p, ids))).await?
             }
         };

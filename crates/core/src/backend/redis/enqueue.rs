@@ -37,33 +37,20 @@ impl RedisBackend {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // Events of each partition, with their positions in the request.
-        let mut parts: Vec<(&Partition, Vec<usize>)> = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let p = self.partition_of(e.event_id.as_str());
-            match parts
-                .iter_mut()
-                .find(|(q, _)| q.keys.partition == p.keys.partition)
-            {
-                Some((_, at)) => at.push(i),
-                None => parts.push((p, vec![i])),
-            }
-        }
+        // Events of each partition, by their positions in the request.
+        let parts = self.by_partition(0..events.len(), |i| {
+            Some(self.partition_number(events[*i].event_id.as_str()))
+        });
         if let (Some(mark), true) = (&mark, self.partitions.len() > 1) {
             return self.enqueue_marked(&events, &parts, mark).await;
         }
-        let mut outcomes = vec![EnqueueOutcome::Duplicate; events.len()];
         let written = try_join_all(
             parts
                 .iter()
                 .map(|(p, at)| self.enqueue_partition(p, &events, at, mark.as_ref())),
         )
         .await?;
-        for ((_, at), flags) in parts.iter().zip(written) {
-            for (i, f) in at.iter().zip(flags) {
-                outcomes[*i] = f;
-            }
-        }
+        let outcomes = in_request_order(events.len(), &parts, written);
         if outcomes.contains(&EnqueueOutcome::Accepted) {
             self.wait_for_replicas(parts.iter().map(|(p, _)| *p))
                 .await?;
@@ -156,15 +143,7 @@ impl RedisBackend {
             Ok::<_, BackendError>(written)
         };
         match stored.await {
-            Ok(written) => {
-                let mut outcomes = vec![EnqueueOutcome::Duplicate; events.len()];
-                for ((_, at), flags) in parts.iter().zip(written) {
-                    for (i, f) in at.iter().zip(flags) {
-                        outcomes[*i] = f;
-                    }
-                }
-                Ok(outcomes)
-            }
+            Ok(written) => Ok(in_request_order(events.len(), parts, written)),
             Err(e) => {
                 let mut conn = self.conn.clone();
                 let released =
@@ -241,7 +220,7 @@ impl RedisBackend {
             return Ok(());
         };
         let mut keys: Vec<&str> = written.map(|p| p.keys.stream.as_str()).collect();
-        if self.mode == RedisMode::Standalone {
+        if self.mode() == RedisMode::Standalone {
             keys.truncate(1);
         }
         let timeout_ms = timeout.as_millis().max(1) as u64;
@@ -269,4 +248,20 @@ impl RedisBackend {
         try_join_all(waits).await?;
         Ok(())
     }
+}
+
+/// The outcomes of a request's `n` events, put back in request order from each partition's
+/// answers (`written`, in the order of `parts`).
+fn in_request_order(
+    n: usize,
+    parts: &[(&Partition, Vec<usize>)],
+    written: Vec<Vec<EnqueueOutcome>>,
+) -> Vec<EnqueueOutcome> {
+    let mut outcomes = vec![EnqueueOutcome::Duplicate; n];
+    for ((_, at), flags) in parts.iter().zip(written) {
+        for (i, f) in at.iter().zip(flags) {
+            outcomes[*i] = f;
+        }
+    }
+    outcomes
 }

@@ -19,7 +19,7 @@ const SLOT_MAP_ATTEMPTS: usize = 3;
 impl RedisBackend {
     pub(super) async fn check_topology(&self) -> BackendResult<Topology> {
         let partitions = self.partitions.len() as u16;
-        let mode = self.mode.as_str();
+        let mode = self.mode().as_str();
         let Conn::Cluster(_) = &self.conn else {
             let mut conn = self.conn.clone();
             let up = bounded(::redis::cmd("PING").query_async::<()>(&mut conn))

@@ -31,18 +31,14 @@ pub const READY: &str = "ready";
 /// `{<prefix>}:partitions`: the partition count the pipeline's data is laid out for.
 pub const PARTITIONS: &str = "partitions";
 
-/// The partition (`0..partitions`) of an event id: FNV-1a (64 bit), fixed by definition so
-/// every process and every release agrees.
+/// The partition (`0..partitions`) of an event id: the analytics' stable hash
+/// ([`crate::analytics::hll::hash`], fixed by definition), so every process and every release
+/// agrees.
 pub fn partition_of(event_id: &str, partitions: u16) -> u16 {
     if partitions <= 1 {
         return 0;
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in event_id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % u64::from(partitions)) as u16
+    (crate::analytics::hll::hash(event_id) % u64::from(partitions)) as u16
 }
 
 /// The key recording the partition count of the pipeline with `prefix`.

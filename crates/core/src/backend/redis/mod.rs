@@ -75,8 +75,6 @@ pub struct RedisBackend {
     conn: Conn,
     /// How a claimer with nothing to claim waits for new entries.
     waiter: Waiter,
-    /// `standalone` or `cluster`.
-    mode: RedisMode,
     /// Every partition's keys and claim schedule, indexed by partition number.
     partitions: Vec<Partition>,
     /// Where the next claim starts its walk over the partitions, so none is starved.
@@ -185,7 +183,6 @@ impl RedisBackend {
         let backend = RedisBackend {
             conn,
             waiter,
-            mode: config.mode,
             partitions: (0..count)
                 .map(|n| Partition {
                     keys: Keys::partition(&config.key_prefix, n, count),
@@ -276,15 +273,45 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// The partition an event id belongs to.
-    fn partition_of(&self, event_id: &str) -> &Partition {
-        let n = keys::partition_of(event_id, self.partitions.len() as u16);
-        &self.partitions[usize::from(n)]
+    /// One server or a cluster, as the connection is.
+    fn mode(&self) -> RedisMode {
+        match self.conn {
+            Conn::Single(_) => RedisMode::Standalone,
+            Conn::Cluster(_) => RedisMode::Cluster,
+        }
     }
 
-    /// The partition a lease names, if it is one of ours.
-    fn partition(&self, n: u16) -> Option<&Partition> {
-        self.partitions.get(usize::from(n))
+    /// The number of the partition an event id belongs to.
+    fn partition_number(&self, event_id: &str) -> u16 {
+        keys::partition_of(event_id, self.partitions.len() as u16)
+    }
+
+    /// The partition an event id belongs to.
+    fn partition_of(&self, event_id: &str) -> &Partition {
+        &self.partitions[usize::from(self.partition_number(event_id))]
+    }
+
+    /// `items` grouped by the partition `number_of` names (an item naming none of ours is
+    /// left out): partitions in the order they first appear, each with its items in order.
+    fn by_partition<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        number_of: impl Fn(&T) -> Option<u16>,
+    ) -> Vec<(&Partition, Vec<T>)> {
+        let mut groups: Vec<(&Partition, Vec<T>)> = Vec::new();
+        for item in items {
+            let Some(p) = number_of(&item).and_then(|n| self.partitions.get(usize::from(n))) else {
+                continue;
+            };
+            match groups
+                .iter_mut()
+                .find(|(q, _)| q.keys.partition == p.keys.partition)
+            {
+                Some((_, list)) => list.push(item),
+                None => groups.push((p, vec![item])),
+            }
+        }
+        groups
     }
 
     /// The depths of one partition, read atomically.

@@ -19,22 +19,11 @@ impl RedisBackend {
     /// claimed or settled after this lease ran out is dropped (logged at debug), and so
     /// settles nothing. Settlements holding another backend's lease settle nothing.
     pub(super) async fn settle_batch(&self, settlements: Vec<Settlement>) -> BackendResult<()> {
-        let mut by_partition: Vec<(&Partition, Vec<Settlement>)> = Vec::new();
-        for s in settlements {
-            let Lease::Redis { partition, .. } = &s.delivery().lease else {
-                continue;
-            };
-            let Some(p) = self.partition(*partition) else {
-                continue;
-            };
-            match by_partition
-                .iter_mut()
-                .find(|(q, _)| q.keys.partition == p.keys.partition)
-            {
-                Some((_, list)) => list.push(s),
-                None => by_partition.push((p, vec![s])),
-            }
-        }
+        // Settlements holding another backend's lease name no partition of ours.
+        let by_partition = self.by_partition(settlements, |s| match &s.delivery().lease {
+            Lease::Redis { partition, .. } => Some(*partition),
+            _ => None,
+        });
         // One time for the whole batch: its dead letters share one `failed_at`.
         let now = epoch_millis(SystemTime::now());
         try_join_all(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the crash matrix (tests/crash_matrix.rs) and prints its figures as the Markdown table
+# Runs the crash matrix (tests/crash_matrix.rs) and the Redis Cluster faults
+# (tests/redis_cluster.rs) and prints its figures as the Markdown table
 # of RELIABILITY.md, followed by the raw `RELIABILITY …` lines it was built from.
 #
 #   scripts/reliability-figures.sh [extra cargo test filter]
@@ -10,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --workspace --bins
-if ! out=$(cargo test --quiet --test crash_matrix -- --nocapture "$@" 2>&1); then
-  echo "the crash matrix failed; its last lines:" >&2
+if ! out=$(cargo test --quiet --test crash_matrix --test redis_cluster -- --nocapture "$@" 2>&1); then
+  echo "the fault tests failed; their last lines:" >&2
   tail -n 60 <<<"$out" >&2
   exit 1
 fi

@@ -29,12 +29,15 @@ const PROGRESS: Duration = Duration::from_secs(120);
 enum Store {
     Sqlite,
     Redis,
+    /// A 3+3 Redis Cluster, the queue in its default 16 partitions.
+    RedisCluster,
 }
 
-/// A pipeline environment and, for Redis, the server it owns.
+/// A pipeline environment and, for Redis, the server or cluster it owns.
 struct Rig {
     p: Pipeline,
     redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 impl Rig {
@@ -44,7 +47,16 @@ impl Rig {
             Store::Sqlite => Rig {
                 p: Pipeline::sqlite(),
                 redis: None,
+                _cluster: None,
             },
+            Store::RedisCluster => {
+                let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"))?;
+                Rig {
+                    p: Pipeline::redis_cluster(&cluster),
+                    redis: None,
+                    _cluster: Some(cluster),
+                }
+            }
             Store::Redis => {
                 let server = if persistent_redis {
                     RedisServer::start_persistent()
@@ -55,6 +67,7 @@ impl Rig {
                 Rig {
                     p: Pipeline::redis(&server),
                     redis: Some(server),
+                    _cluster: None,
                 }
             }
         };
@@ -86,33 +99,19 @@ impl Rig {
         )
     }
 
-    /// Stops every process still running with SIGTERM (each must exit 0), then checks that
-    /// nothing this pipeline started is left.
     fn shut_down(&self, procs: Vec<&mut Proc>) {
-        for proc in &procs {
-            proc.signal(Signal::SIGTERM);
-        }
-        for proc in procs {
-            let status = proc
-                .wait_timeout(STOP)
-                .unwrap_or_else(|| panic!("{} did not stop after SIGTERM", proc.name));
-            assert_eq!(status.code(), Some(0), "{}: {}", proc.name, proc.output());
-        }
-        self.assert_no_orphans();
+        self.p.shut_down(procs, STOP);
     }
 
     fn assert_no_orphans(&self) {
-        let left = eventually("every pipeline process to exit", STOP, || {
-            let left = processes_in(self.p.dir.path());
-            left.is_empty().then_some(left)
-        });
-        assert!(left.is_empty());
+        self.p.assert_no_orphans(STOP);
     }
 }
 
-/// Runs a scenario against both backends: `<scenario>::sqlite` and `<scenario>::redis`.
+/// Runs a scenario against both backends: `<scenario>::sqlite` and `<scenario>::redis`, and
+/// with `+ redis_cluster` also on a Redis Cluster: `<scenario>::redis_cluster`.
 macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
+    ($($scenario:ident $(+ $cluster:ident)?),* $(,)?) => {$(
         mod $scenario {
             #[test]
             fn sqlite() {
@@ -122,13 +121,19 @@ macro_rules! on_both_backends {
             fn redis() {
                 super::$scenario(super::Store::Redis)
             }
+            $(
+                #[test]
+                fn $cluster() {
+                    super::$scenario(super::Store::RedisCluster)
+                }
+            )?
         }
     )*};
 }
 
 on_both_backends!(
     sigkilled_consumer_loses_none_of_20000_events,
-    consumer_sigkilled_twice_mid_batch_loses_nothing,
+    consumer_sigkilled_twice_mid_batch_loses_nothing + redis_cluster,
     sigkilled_webhook_loses_nothing_it_accepted,
     sigkilled_orchestrator_takes_its_children_and_loses_nothing,
     sigterm_under_load_exits_0_and_loses_nothing,

@@ -81,6 +81,23 @@ impl Ledger {
         }
     }
 
+    /// Adds what another client (with ids of its own) sent and was told, so one check covers
+    /// several clients, e.g. one per webhook process.
+    pub fn absorb(&mut self, other: Ledger) {
+        self.sent.extend(other.sent);
+        self.accepted.extend(other.accepted);
+        self.unconfirmed.extend(other.unconfirmed);
+        self.resent += other.resent;
+        self.resent_were_stored += other.resent_were_stored;
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        for (status, d) in other.slowest {
+            let slowest = self.slowest.entry(status).or_default();
+            *slowest = (*slowest).max(d);
+        }
+    }
+
     /// Requests answered with a status in `range` (e.g. every 5xx).
     pub fn count_in(&self, range: std::ops::RangeInclusive<u16>) -> u64 {
         self.statuses
@@ -173,13 +190,18 @@ pub struct LoadShape {
 impl Load {
     /// Starts sending ids `<prefix><n>`.
     pub fn start(p: &Pipeline, prefix: &str, shape: LoadShape) -> Load {
+        Self::start_to(&p.url("/webhook/batch"), prefix, shape)
+    }
+
+    /// As [`Load::start`], to the batch endpoint at `url` (e.g. a second webhook process).
+    pub fn start_to(url: &str, prefix: &str, shape: LoadShape) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let next = Arc::new(AtomicU64::new(0));
         let threads = (0..shape.senders)
             .map(|_| {
                 let (stop, ledger, next) = (stop.clone(), ledger.clone(), next.clone());
-                let url = p.url("/webhook/batch");
+                let url = url.to_string();
                 let prefix = prefix.to_string();
                 std::thread::spawn(move || {
                     let client = client();
@@ -366,7 +388,7 @@ pub fn check_applied(
         ));
     }
     let figures = Figures {
-        backend: p.backend_config().queue_backend.as_str().to_string(),
+        backend: p.backend_name(),
         fault: fault.to_string(),
         sent: ledger.sent.len(),
         accepted: ledger.accepted.len(),

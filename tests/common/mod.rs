@@ -11,10 +11,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pipeline_core::analytics::StoredMetrics;
 use pipeline_core::backend::{self, BackendError};
-use pipeline_core::config::{BackendKind, Config};
+use pipeline_core::config::{BackendKind, Config, RedisMode};
 use pipeline_core::testkit::free_port;
 pub use pipeline_core::testkit::wait::blocking::eventually;
-pub use pipeline_core::testkit::RedisServer;
+pub use pipeline_core::testkit::{RedisCluster, RedisServer, RedisTls};
 use serde_json::Value;
 
 mod load;
@@ -191,6 +191,36 @@ impl Pipeline {
         )
     }
 
+    /// A pipeline on the test's own Redis Cluster, every node a seed, with the queue split into
+    /// the cluster mode's default number of partitions.
+    pub fn redis_cluster(cluster: &RedisCluster) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::with_backend(
+            dir,
+            [
+                ("DAY15_QUEUE_BACKEND", "redis".to_string()),
+                ("DAY15_REDIS_MODE", "cluster".to_string()),
+                ("DAY15_REDIS_URL", cluster.seed_urls().join(",")),
+            ],
+        )
+    }
+
+    /// A pipeline on the test's own TLS `redis-server`, over `rediss://` with its CA.
+    pub fn redis_tls(server: &RedisTls) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::with_backend(
+            dir,
+            [
+                ("DAY15_QUEUE_BACKEND", "redis".to_string()),
+                ("DAY15_REDIS_URL", server.url()),
+                (
+                    "DAY15_REDIS_CA_CERT",
+                    server.ca_cert().display().to_string(),
+                ),
+            ],
+        )
+    }
+
     fn with_backend<const N: usize>(
         mut dir: tempfile::TempDir,
         backend: [(&str, String); N],
@@ -249,7 +279,29 @@ impl Pipeline {
         if let Some(prefix) = var("DAY15_KEY_PREFIX") {
             config.redis.key_prefix = prefix;
         }
+        if var("DAY15_REDIS_MODE").as_deref() == Some("cluster") {
+            config.redis.mode = RedisMode::Cluster;
+        }
+        config.redis.partitions = match var("DAY15_REDIS_PARTITIONS") {
+            Some(n) => n.parse().expect("DAY15_REDIS_PARTITIONS is a number"),
+            None => config.redis.mode.default_partitions(),
+        };
+        config.redis.tls.ca_cert = var("DAY15_REDIS_CA_CERT").map(PathBuf::from);
+        // A partitioned read re-applies this cap when it merges the partitions' maps.
+        if let Some(n) = var("DAY15_MAX_DIMENSION_VALUES") {
+            config.max_dimension_values =
+                n.parse().expect("DAY15_MAX_DIMENSION_VALUES is a number");
+        }
         config
+    }
+
+    /// The backend as the figures name it: `sqlite`, `redis`, or `redis-cluster`.
+    pub fn backend_name(&self) -> String {
+        let config = self.backend_config();
+        match (config.queue_backend, config.redis.mode) {
+            (BackendKind::Redis, RedisMode::Cluster) => "redis-cluster".to_string(),
+            (kind, _) => kind.as_str().to_string(),
+        }
     }
 
     /// Every metric map, read straight from the backend the pipeline's processes share.
@@ -365,6 +417,30 @@ impl Pipeline {
             child,
             output,
         }
+    }
+
+    /// Stops every process still running with SIGTERM (each must exit 0 within `within`),
+    /// then checks that nothing this pipeline started is left.
+    pub fn shut_down(&self, procs: Vec<&mut Proc>, within: Duration) {
+        for proc in &procs {
+            proc.signal(Signal::SIGTERM);
+        }
+        for proc in procs {
+            let status = proc
+                .wait_timeout(within)
+                .unwrap_or_else(|| panic!("{} did not stop after SIGTERM", proc.name));
+            assert_eq!(status.code(), Some(0), "{}: {}", proc.name, proc.output());
+        }
+        self.assert_no_orphans(within);
+    }
+
+    /// Waits until no process runs in this pipeline's folder any more.
+    pub fn assert_no_orphans(&self, within: Duration) {
+        let left = eventually("every pipeline process to exit", within, || {
+            let left = processes_in(self.dir.path());
+            left.is_empty().then_some(left)
+        });
+        assert!(left.is_empty());
     }
 
     pub fn wait_healthy(&self, timeout: Duration) {

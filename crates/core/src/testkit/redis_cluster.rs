@@ -205,6 +205,40 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Starts the node on `port` again after [`kill`](Self::kill), from its `nodes.conf` and
+    /// with no data: it rejoins the cluster as a replica of whichever node took over its slots,
+    /// so every primary has a replica again. Returns once the cluster is ok and every replica
+    /// is in sync.
+    pub fn restart(&mut self, port: u16) -> Result<(), String> {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .ok_or_else(|| format!("no cluster node on port {port}"))?;
+        let node_dir = self._dir.path().join(format!("node{index}"));
+        let node = &mut self.nodes[index];
+        if node.child.is_some() {
+            return Err(format!("cluster node on port {port} is still running"));
+        }
+        node.child = Some(spawn_node(&node_dir, node.port, node.bus_port)?);
+        let deadline = Instant::now() + DEADLINE;
+        while !ping(port) || Self::role(port).ok() != Some(ClusterRole::Replica) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "restarted node on port {port} did not rejoin as a replica within {DEADLINE:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok(DEADLINE)?;
+        self.wait_until_replicas_synced(DEADLINE)
+    }
+
+    /// What `redis-cli` prints for `args` sent to the node on `port` (e.g. `INFO stats`).
+    pub fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
+        cli(port, args)
+    }
+
     /// Runs `CLUSTER FAILOVER` on the replica on `port` (a coordinated takeover, no data lost)
     /// and waits until it reports itself as a primary, its old primary as a replica, and the
     /// cluster is ok.

@@ -231,13 +231,25 @@ impl RedisBackend {
                 Err(e) => return Err(e),
             }
         }
-        self.with_group(&p.keys, || self.claim_now(p, consumer, max))
-            .await
+        self.with_group(&p.keys, || async {
+            let (mut got, due) = self.claim_now(p, consumer, max).await?;
+            if got.len() < max {
+                match self.read_new(p, consumer, max - got.len()).await {
+                    Ok(new) => got.extend(new),
+                    // What the script took over is this consumer's now: hand it out; the
+                    // next claim meets the error again if it lasts.
+                    Err(e) if got.is_empty() => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Ok((got, due))
+        })
+        .await
     }
 
-    /// One claim script run on partition `p`: due retries moved back, expired leases taken
-    /// over, new entries read. Returns the deliveries and when the next waiting retry is due
-    /// (epoch ms).
+    /// One claim script run on partition `p`: due retries moved back to the stream (the plain
+    /// read that follows delivers them), expired leases taken over. Returns those deliveries
+    /// and when the next waiting retry is due (epoch ms).
     async fn claim_now(
         &self,
         p: &Partition,

@@ -211,7 +211,9 @@ impl RedisBackend {
     }
 
     /// `WAIT`s until the configured number of replicas hold the writes to `written`'s
-    /// primaries (once on one server, once per primary touched on a cluster).
+    /// primaries: once on one server; on a cluster once per written partition, concurrently,
+    /// on the primary of its slot (the client does not say which partitions share a primary;
+    /// a second `WAIT` to the same primary returns as soon as the first does).
     async fn wait_for_replicas<'a>(
         &self,
         written: impl Iterator<Item = &'a Partition>,

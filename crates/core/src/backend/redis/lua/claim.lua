@@ -1,10 +1,11 @@
--- claim.lua: lease up to ARGV[3] deliveries to one consumer, in one atomic step.
+-- claim.lua: the upkeep of a claim, in one atomic step.
 --
 -- 1. Retries that are due move from the retry sorted set back into the stream as new entries
 --    (keeping their failure count), so they are read like any new event.
 -- 2. Entries idle in the pending list longer than the visibility timeout (their consumer
---    crashed or stalled) are taken over with XAUTOCLAIM.
--- 3. The rest of the batch is filled with never-delivered entries (XREADGROUP … >).
+--    crashed or stalled) are taken over with XAUTOCLAIM, up to ARGV[3] of them.
+-- The caller fills the rest of the batch with a plain XREADGROUP … > of its own: copying new
+-- entries through Lua cost more than the script's other work together.
 -- Each delivery carries the entry's delivery count from the pending list: it identifies this
 -- lease, so a settlement from an older lease on the same entry can be told apart.
 --
@@ -51,7 +52,6 @@ local function push(entry_id, deliveries, fields)
   out[#out + 1] = f['failures'] or '0'
 end
 
-local claimed = 0
 if ARGV[8] == '1' then
   local auto = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[4], ARGV[6], 'COUNT', max)
   out[1] = auto[1]
@@ -61,19 +61,9 @@ if ARGV[8] == '1' then
       local p = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
       if #p == 1 then
         push(entry[1], p[1][4], entry[2])
-        claimed = claimed + 1
       end
     end
   end
 end
 
-if claimed < max then
-  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - claimed,
-    'STREAMS', stream, '>')
-  if read then
-    for _, entry in ipairs(read[1][2]) do
-      push(entry[1], 1, entry[2])
-    end
-  end
-end
 return out

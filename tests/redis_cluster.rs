@@ -168,7 +168,8 @@ fn a_coordinated_failover_under_load_restarts_nothing_and_loses_nothing() {
 }
 
 /// With `DAY15_REDIS_WAIT_REPLICAS=1` a 202 means a replica holds the event: a primary
-/// SIGKILLed under load loses none of them once its replica has taken over.
+/// SIGKILLed under load loses none of them once its replica has taken over. Meanwhile
+/// `/health` is unhealthy, and healthy again after the takeover without a restart.
 #[test]
 fn a_killed_primary_loses_nothing_confirmed_with_wait_replicas_1() {
     killed_primary_under_load(1);
@@ -201,6 +202,12 @@ fn killed_primary_under_load(wait_replicas: u32) {
     let victim = cluster.primaries().expect("the cluster's primaries")[0];
     cluster.kill(victim).unwrap_or_else(|e| panic!("{e}"));
     let killed_at = Instant::now();
+    // Until a replica has taken over, a primary does not answer: the pipeline says so.
+    let unhealthy = eventually("/health to report the lost primary", START, || {
+        let health = p.health();
+        (health["status"] == "unhealthy").then_some(health)
+    });
+    assert_eq!(unhealthy["redis"]["primaries_reachable"], 2, "{unhealthy}");
     // Its replica takes over once the others count it as failed (cluster-node-timeout).
     eventually("a replica to take over the killed primary", START, || {
         (cluster.primaries().ok()?.len() == 3).then_some(())

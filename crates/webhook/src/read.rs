@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
-use pipeline_core::backend::{BackendError, DeadLetter, Depths, Topology};
+use pipeline_core::backend::{DeadLetter, Depths, Topology};
 use pipeline_core::event::format_received_at;
 use pipeline_core::stats::PipelineStats;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,9 @@ pub(crate) struct Unhealthy {
     backend: &'static str,
     timestamp: String,
     uptime_seconds: u64,
+    /// Redis only, when the topology was read: which primaries did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<Topology>,
 }
 
 /// `GET /health`: 200 when the backend answers, 503 with the reason when it does not.
@@ -55,44 +58,53 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
         .call("ping", async {
             backend.ping().await?;
             let topology = backend.topology().await?;
-            if let Some(t) = &topology {
-                if t.primaries_reachable < t.primaries {
-                    return Err(BackendError::Unavailable(format!(
-                        "{} of {} Redis primaries answer; part of the queue is out of reach until the cluster promotes a replica",
-                        t.primaries_reachable, t.primaries
-                    )));
-                }
-            }
-            Ok((backend.depths().await?, topology))
+            // A primary that does not answer holds part of the queue: unhealthy, with the
+            // topology saying which part, until the cluster promotes its replica.
+            let depths = match &topology {
+                Some(t) if t.primaries_reachable < t.primaries => None,
+                _ => Some(backend.depths().await?),
+            };
+            Ok((depths, topology))
         })
         .await;
     let timestamp = format_received_at(chrono::Utc::now());
-    match checked {
-        Ok((depths, redis)) => Json(Healthy {
-            status: "healthy",
-            backend: backend.name(),
-            queue_depth: depths.queue,
-            dlq_depth: depths.dlq,
-            timestamp,
-            uptime_seconds: state.uptime_seconds(),
-            redis,
-        })
-        .into_response(),
-        Err(e) => {
-            let body = Unhealthy {
-                status: "unhealthy",
-                reason: e.to_string(),
+    let (reason, redis) = match checked {
+        Ok((Some(depths), redis)) => {
+            return Json(Healthy {
+                status: "healthy",
                 backend: backend.name(),
+                queue_depth: depths.queue,
+                dlq_depth: depths.dlq,
                 timestamp,
                 uptime_seconds: state.uptime_seconds(),
-            };
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            response
+                redis,
+            })
+            .into_response()
         }
-    }
+        Ok((None, redis)) => {
+            let (reachable, primaries) = redis
+                .as_ref()
+                .map_or((0, 0), |t| (t.primaries_reachable, t.primaries));
+            (
+                format!("{reachable} of {primaries} Redis primaries answer; part of the queue is out of reach until the cluster promotes a replica"),
+                redis,
+            )
+        }
+        Err(e) => (e.to_string(), None),
+    };
+    let body = Unhealthy {
+        status: "unhealthy",
+        reason,
+        backend: backend.name(),
+        timestamp,
+        uptime_seconds: state.uptime_seconds(),
+        redis,
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 impl AppState {

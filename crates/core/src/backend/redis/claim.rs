@@ -1,7 +1,8 @@
 //! Claiming a batch across partitions: a walk over the partitions (starting one further each
-//! claim, so none is starved) that runs each one's claim script (due retries moved back to the
-//! stream, expired leases taken over with `XAUTOCLAIM`, new entries read) or, between its
-//! runs, a plain `XREADGROUP`; and, when every partition came up empty, the wait for new
+//! claim, so none is starved; all at once while the queue keeps up, one by one under a
+//! backlog) that runs each one's claim script (due retries moved back to the stream, expired
+//! leases taken over with `XAUTOCLAIM`) when due and reads new entries with a plain
+//! `XREADGROUP`; and, when every partition came up empty, the wait for new
 //! entries: `XREADGROUP … BLOCK` over every stream on one server, the sharded Pub/Sub bell on
 //! a cluster.
 
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
+use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::CONNECT_TIMEOUT;
@@ -81,6 +83,20 @@ fn autoclaim_interval(visibility_timeout: Duration) -> Duration {
     (visibility_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// What one walk over the partitions found so far.
+#[derive(Default)]
+struct Walked {
+    out: Vec<Delivery>,
+    /// Earliest due time (epoch ms) of a waiting retry seen.
+    next_due: Option<i64>,
+    /// Whether some partition answered (a walk fails only when none did).
+    answered: bool,
+    /// The last partition error, reported when no partition answered.
+    failed: Option<crate::backend::BackendError>,
+    /// Whether some partition gave all it was asked for (it may hold more).
+    backlog: bool,
+}
+
 impl RedisBackend {
     /// Up to `max` deliveries for `consumer`, waiting up to `wait` (in short slices) while
     /// there are none; returns early, possibly empty, once `cancel` fires.
@@ -144,10 +160,14 @@ impl RedisBackend {
         }
     }
 
-    /// One walk over every partition, from the next starting point on, until `max` deliveries
-    /// are in hand. A partition that fails is skipped (its primary may be failing over); the
-    /// claim fails only when every partition did. Returns the deliveries and the earliest due
-    /// time of a waiting retry.
+    /// One walk over every partition, from the next starting point on, for up to `max`
+    /// deliveries. After a walk that left work behind it goes partition by partition until
+    /// `max` are in hand, so a batch comes from as few partitions as possible (each costs its
+    /// own settle call). Otherwise (the queue keeps up with its input) it asks every partition
+    /// at once for its share of `max`: one round trip instead of one per partition, which is
+    /// what an event's latency would otherwise pay. A partition that fails is skipped (its
+    /// primary may be failing over); the claim fails only when every partition did. Returns
+    /// the deliveries and the earliest due time of a waiting retry.
     async fn walk(
         &self,
         consumer: &str,
@@ -155,35 +175,62 @@ impl RedisBackend {
     ) -> BackendResult<(Vec<Delivery>, Option<i64>)> {
         let n = self.partitions.len();
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
-        let mut out = Vec::new();
-        let mut next_due: Option<i64> = None;
-        let mut failed = None;
-        let mut answered = false;
-        for i in 0..n {
-            if out.len() >= max {
-                break;
+        let order = (0..n).map(|i| &self.partitions[(start + i) % n]);
+        let mut walked = Walked::default();
+        if n > 1 && !self.backlog.load(Ordering::Relaxed) {
+            let share = (max / n).max(1);
+            let claims =
+                order.map(|p| async move { (p, self.claim_partition(p, consumer, share).await) });
+            for (p, result) in join_all(claims).await {
+                self.note_claim(&mut walked, p, share, result);
             }
-            let p = &self.partitions[(start + i) % n];
-            match self.claim_partition(p, consumer, max - out.len()).await {
-                Ok((got, due)) => {
-                    answered = true;
-                    out.extend(got);
-                    next_due = match (next_due, due) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    self.note_partition(p, None);
-                }
-                Err(e) => {
-                    let e = self.fail("claim")(e);
-                    self.note_partition(p, Some(&e));
-                    failed = Some(e);
+        } else {
+            for p in order {
+                let asked = max - walked.out.len();
+                let result = self.claim_partition(p, consumer, asked).await;
+                self.note_claim(&mut walked, p, asked, result);
+                if walked.out.len() >= max {
+                    break;
                 }
             }
         }
-        match failed {
-            Some(e) if !answered => Err(e),
-            _ => Ok((out, next_due)),
+        self.backlog.store(walked.backlog, Ordering::Relaxed);
+        let mut out = walked.out;
+        if out.len() > max {
+            // n shares of at least one each can exceed a `max` below n.
+            let extra = out.split_off(max);
+            self.keep_for_next_claim(consumer, extra);
+        }
+        match walked.failed {
+            Some(e) if !walked.answered => Err(e),
+            _ => Ok((out, walked.next_due)),
+        }
+    }
+
+    /// Adds one partition's claim (`asked` deliveries at most) to a walk.
+    fn note_claim(
+        &self,
+        walked: &mut Walked,
+        p: &Partition,
+        asked: usize,
+        result: Result<(Vec<Delivery>, Option<i64>), CallError>,
+    ) {
+        match result {
+            Ok((got, due)) => {
+                walked.answered = true;
+                walked.backlog |= got.len() >= asked;
+                walked.out.extend(got);
+                walked.next_due = match (walked.next_due, due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                self.note_partition(p, None);
+            }
+            Err(e) => {
+                let e = self.fail("claim")(e);
+                self.note_partition(p, Some(&e));
+                walked.failed = Some(e);
+            }
         }
     }
 
@@ -456,13 +503,18 @@ impl RedisBackend {
         });
         if got.len() > max {
             let extra = got.split_off(max);
-            self.spill
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(consumer.to_string())
-                .or_default()
-                .extend(extra);
+            self.keep_for_next_claim(consumer, extra);
         }
         Ok(got)
+    }
+
+    /// Deliveries leased past a claim's `max`: handed out first by `consumer`'s next claim.
+    fn keep_for_next_claim(&self, consumer: &str, extra: Vec<Delivery>) {
+        self.spill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(consumer.to_string())
+            .or_default()
+            .extend(extra);
     }
 }

@@ -50,7 +50,7 @@ mod settle;
 mod tls;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -79,6 +79,10 @@ pub struct RedisBackend {
     partitions: Vec<Partition>,
     /// Where the next claim starts its walk over the partitions, so none is starved.
     rotation: AtomicUsize,
+    /// Whether the last claim walk found more work than it took (some partition gave all it
+    /// was asked for): then the next walk goes partition by partition, filling its batch from
+    /// as few partitions as it can; otherwise it asks every partition at once.
+    backlog: AtomicBool,
     /// Deliveries read past a claim's `max` (a blocking read over several streams returns up to
     /// its count from each), per consumer: handed out first by that consumer's next claim.
     /// Never held across `.await`.
@@ -190,6 +194,7 @@ impl RedisBackend {
                 })
                 .collect(),
             rotation: AtomicUsize::new(0),
+            backlog: AtomicBool::new(false),
             spill: Mutex::new(HashMap::new()),
             replicas: (config.wait_replicas > 0)
                 .then_some((config.wait_replicas, config.wait_timeout)),

@@ -2,8 +2,11 @@
 # The project's benchmark: ingest, drain and end-to-end figures for the sqlite and redis
 # backends, measured with the project's own binaries on this machine (load generator included).
 #
-#   scripts/bench.sh [sqlite|redis|all] [seconds per run]      (defaults: all, 10)
+#   scripts/bench.sh [sqlite|redis|cluster|all] [seconds per run]      (defaults: all, 10)
 #
+# `cluster` compares one partition on one redis-server with 16 partitions on a private 3+3
+# Redis Cluster: Redis CPU per event on each primary, the cost of one merged read, and the
+# end-to-end latency across partitions.
 # Everything runs in a temp dir with its own ports, SQLite files and redis-server; nothing
 # shared is touched. Prints one Markdown table per backend, ready for BENCHMARKS.md.
 set -euo pipefail
@@ -44,12 +47,19 @@ load() { # url, output file, load args...
 }
 
 
-drain_rate() { # url, events expected, batch size -> events/s of one consumer draining them
-  local url=$1 n=$2 batch=$3
+# url, events expected, batch size [, "depth"] -> events/s of one consumer draining them. Done
+# when /stats counts them processed, or with "depth" when /health's queue_depth is 0 (a
+# cheaper poll, which leaves the CPU figures of a partitioned queue alone).
+drain_rate() {
+  local url=$1 n=$2 batch=$3 until=${4:-processed}
   DAY15_BATCH_SIZE=$batch start consumer
   local consumer=$started t0 t1
   t0=$(date +%s.%N)
-  until [ "$(processed "$url")" -ge "$n" ]; do sleep 0.1; done
+  if [ "$until" = depth ]; then
+    until [ "$(queue_depth "$url")" = 0 ]; do sleep 0.1; done
+  else
+    until [ "$(processed "$url")" -ge "$n" ]; do sleep 0.1; done
+  fi
   t1=$(date +%s.%N)
   stop "$consumer"
   python3 -c "print(round($n / ($t1 - $t0)))"
@@ -108,6 +118,121 @@ bench_backend() {
   fi
 }
 
+# Fills the pipeline at $1 with $2 events (batch ingest), drains them with one consumer and
+# prints one table row: Redis CPU (INFO cpu, user + sys) per event on each node in $3...
+# (ingest + drain), the sum split into ingest and drain, and what that cost projects to.
+# Replicas (ports in $replicas) are reported together, apart from the primaries.
+cpu_per_event() {
+  local label=$1 url=$2 n=$3; shift 3
+  local ports=("$@") port
+  snapshot() { for port in "${ports[@]}" $replicas; do redis_cpu "$port"; done | tr '\n' ' '; }
+  for port in "${ports[@]}" $replicas; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
+  local before; before=$(snapshot)
+  load "$url" "$work/cpu.json" --rate 0 --events "$n" --batch-size 100 --concurrency 8
+  local filled; filled=$(snapshot)
+  local ingest; ingest=$(json "$work/cpu.json" 'round(d["events_per_s"])')
+  local drain; drain=$(drain_rate "$url" "$n" 500 depth)
+  local after; after=$(snapshot)
+  python3 - "$label" "$n" "$ingest" "$drain" "${#ports[@]}" "$before" "$filled" "$after" <<'PY'
+import sys
+label, n, ingest, drain, primaries = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+snap = [[float(x) for x in a.split()] for a in sys.argv[6:9]]
+use = lambda a, b: [(y - x) * 1e6 / n for x, y in zip(snap[a], snap[b])]
+total, fill, empty = use(0, 2), use(0, 1), use(1, 2)
+prim = total[:primaries]
+per_node = " + ".join(f"{u:.1f}" for u in prim)
+t = sum(prim)
+replicas = f"{sum(total[primaries:]):.1f} µs" if total[primaries:] else "—"
+print(f"| {label} | {int(ingest):,} / {int(drain):,} | {per_node} = **{t:.1f} µs** "
+      f"| {sum(fill[:primaries]):.1f} / {sum(empty[:primaries]):.1f} µs | {replicas} "
+      f"| {1e6 / t:,.0f} | {t:.1f} cores, {-(-t // 0.7):.0f} primaries at 70% |")
+PY
+}
+
+# Times 100 sequential GET $1/analytics: median and p99 ms, and the Redis CPU one read costs
+# summed over the nodes in $2....
+read_cost() {
+  local url=$1; shift
+  local before=() after=() port
+  for port in "$@"; do before+=("$(redis_cpu "$port")"); done
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null -w '%{time_total}\n' "$url/analytics"
+  done >"$work/reads.txt"
+  for port in "$@"; do after+=("$(redis_cpu "$port")"); done
+  python3 - "$work/reads.txt" "${before[*]}" "${after[*]}" <<'PY'
+import sys
+t = sorted(float(x) * 1000 for x in open(sys.argv[1]))
+cpu = sum(float(a) - float(b) for b, a in zip(sys.argv[2].split(), sys.argv[3].split()))
+print(f"median {t[len(t) // 2]:.2f} ms, p99 {t[98]:.2f} ms, Redis CPU {cpu * 1e6 / len(t):.0f} µs per read")
+PY
+}
+
+# One partition on one redis-server against 16 partitions on a 3+3 Redis Cluster: the Redis
+# CPU one event costs (ingest + drain) on each primary, what one merged read costs, and the
+# end-to-end latency across partitions. On a 2-core host more nodes cannot add throughput;
+# the CPU per event is what projects to many machines.
+bench_cluster() {
+  local n=$fill_events port url webhook consumer r primaries
+  echo
+  echo "### Redis Cluster: Redis CPU per event"
+  echo
+  echo "$n events: batch ingest (100 per request, 8 clients), then one consumer draining at batch 500."
+  echo
+  echo "| layout | ingest / drain events/s | Redis CPU per event, each primary | of which ingest / drain | replicas | events/s per Redis core | for 1,000,000 events/s |"
+  echo "|---|---|---|---|---|---:|---|"
+
+  start_redis; pids+=("$redis_pid")
+  port=$(free_port); url=http://127.0.0.1:$port
+  pipeline_env redis cpu_single "$port"
+  export DAY15_REDIS_MODE=standalone DAY15_REDIS_PARTITIONS=1
+  start webhook; webhook=$started; wait_http "$url/health"
+  replicas="" cpu_per_event "1 partition, 1 server" "$url" "$n" "$redis_port"
+  local single_read; single_read=$(read_cost "$url" "$redis_port")
+  stop "$webhook"
+  pipeline_env redis e2e_single "$port"
+  start webhook; webhook=$started; wait_http "$url/health"
+  start consumer; consumer=$started
+  load "$url" "$work/single_e2e.json" --rate 1000 --duration "$secs" --concurrency 32 --verify
+  local single_e2e
+  single_e2e="p50 $(json "$work/single_e2e.json" 'd["verify"]["pipeline_end_to_end_ms"]["p50_ms"]') ms, p99 $(json "$work/single_e2e.json" 'd["verify"]["pipeline_end_to_end_ms"]["p99_ms"]') ms"
+
+  stop "$consumer"; stop "$webhook"
+  local ceiling
+  ceiling=$(redis-benchmark -p "$redis_port" -c 32 -n 200000 -q XADD bench:ceiling '*' f v 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1)
+
+  start_cluster
+  primaries=$(cluster_primaries | tr '\n' ' ')
+  replicas=$(for p in "${cluster_ports[@]}"; do
+    if [[ " $primaries " != *" $p "* ]]; then echo "$p"; fi
+  done | tr '\n' ' ')
+  port=$(free_port); url=http://127.0.0.1:$port
+  pipeline_env redis cpu_cluster "$port"
+  export DAY15_REDIS_MODE=cluster DAY15_REDIS_URL=$cluster_seeds DAY15_REDIS_PARTITIONS=16
+  start webhook; webhook=$started; wait_http "$url/health"
+  # shellcheck disable=SC2086
+  cpu_per_event "16 partitions, 3 primaries + 3 replicas" "$url" "$n" $primaries
+  # shellcheck disable=SC2086
+  local cluster_read; cluster_read=$(read_cost "$url" $primaries)
+  echo
+  echo "One \`GET /analytics\` after those events (100 sequential reads): 1 partition: $single_read; 16 partitions merged: $cluster_read."
+
+  stop "$webhook"
+
+  # A fresh key prefix: the latencies of the events drained above are not part of this run.
+  pipeline_env redis cluster_e2e "$port"
+  export DAY15_REDIS_URL=$cluster_seeds
+  start webhook; webhook=$started; wait_http "$url/health"
+  start consumer; consumer=$started
+  load "$url" "$work/cluster_e2e.json" --rate 1000 --duration "$secs" --concurrency 32 --verify
+  r=$work/cluster_e2e.json
+  echo
+  echo "End to end at 1,000 events/s (\`--rate 1000 --duration $secs --concurrency 32 --verify\`, webhook + 1 consumer), received→applied: 16 partitions on the cluster p50 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p50_ms"]') ms, p99 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p99_ms"]') ms (drained: $(json "$r" 'd["verify"]["complete"]')); 1 partition on one server, same run: $single_e2e."
+  echo
+  echo "Ceiling of the same run: redis-benchmark XADD on the single server, 32 clients: $ceiling."
+  stop "$consumer"; stop "$webhook"
+  unset DAY15_REDIS_MODE DAY15_REDIS_PARTITIONS
+}
+
 startup_time() {
   local port; port=$(free_port)
   pipeline_env sqlite startup "$port"
@@ -124,7 +249,8 @@ echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname
 case "$which_backends" in
   sqlite) bench_backend sqlite ;;
   redis) start_redis; pids+=("$redis_pid"); bench_backend redis ;;
-  all) bench_backend sqlite; start_redis; pids+=("$redis_pid"); bench_backend redis ;;
-  *) echo "usage: $0 [sqlite|redis|all] [seconds]" >&2; exit 2 ;;
+  cluster) bench_cluster ;;
+  all) bench_backend sqlite; start_redis; pids+=("$redis_pid"); bench_backend redis; bench_cluster ;;
+  *) echo "usage: $0 [sqlite|redis|cluster|all] [seconds]" >&2; exit 2 ;;
 esac
 startup_time

@@ -7,9 +7,9 @@
 # Defaults: redis, 100000 events, batch size 500, 1 consumer. BIN=<dir> runs the webhook and
 # consumer binaries from another build's `target/release` (the load generator always comes from
 # this checkout). Everything runs in a temp dir with its own ports, SQLite file and
-# redis-server. Prints one line: events/s, seconds, CPU of the backend and of the consumers
-# (100% = one core), and for redis the time Redis spent in the claim and settle scripts per
-# event, then the commands inside them (INFO commandstats).
+# redis-server. Prints one line: the fill's ingest rate, drain events/s, seconds, CPU of the
+# backend and of the consumers (100% = one core), and for redis the time Redis spent in the
+# claim and settle scripts per event, then the commands inside them (INFO commandstats).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,12 +80,14 @@ if [ -n "$backend_pid" ]; then
 fi
 hz=$(getconf CLK_TCK)
 python3 - "$events" "$t0" "$t1" "$backend_before" "$backend_after" "$consumer_ticks" "$hz" \
-  "$redis_usec" "$backend" "$batch" "$consumers" <<'EOF'
-import sys
+  "$redis_usec" "$backend" "$batch" "$consumers" "$work/fill.json" <<'EOF'
+import json, sys
 n, t0, t1, b0, b1, c, hz, rus = (float(x) for x in sys.argv[1:9])
 backend, batch, consumers = sys.argv[9:12]
+fill = json.load(open(sys.argv[12]))
 el = t1 - t0
-line = (f"{backend} drain, batch {batch}, {consumers} consumer(s): {n / el:,.0f} events/s "
+line = (f"{backend} ingest {fill['events_per_s']:,.0f} events/s (batches of 100, 8 clients); "
+        f"drain, batch {batch}, {consumers} consumer(s): {n / el:,.0f} events/s "
         f"({n:,.0f} events in {el:.2f} s); consumers CPU {c / hz / el * 100:.0f}%")
 if backend == "redis":
     line += (f", redis-server CPU {(b1 - b0) / hz / el * 100:.0f}%, "

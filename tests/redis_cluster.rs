@@ -253,9 +253,9 @@ fn busy_clients() -> LoadShape {
     }
 }
 
-/// Every process of a pipeline must agree on the partition count: a consumer or an
-/// orchestrator started with another count than the one recorded exits 2 with one sentence
-/// naming both numbers, before doing anything.
+/// Every process of a pipeline must agree on the partition count: a webhook, a consumer or
+/// an orchestrator started with another count than the one recorded exits 2 with one
+/// sentence naming both numbers, before doing anything.
 #[test]
 fn another_partition_count_exits_2_naming_both_counts() {
     let Some(server) = RedisServer::start().unwrap_or_else(|e| panic!("{e}")) else {
@@ -272,7 +272,7 @@ fn another_partition_count_exits_2_naming_both_counts() {
     assert_eq!(status, 202, "{body}");
 
     p.set("DAY15_REDIS_PARTITIONS", "8");
-    for name in ["consumer", "orchestrator"] {
+    for name in ["webhook", "consumer", "orchestrator"] {
         let mut proc = p.spawn(name, &[]);
         let status = proc
             .wait_timeout(START)

@@ -336,16 +336,6 @@ fn sigkilled_webhook_loses_nothing_it_accepted(store: Store) {
         .report();
 }
 
-/// Two clients posting batches of 50 back to back: load that keeps requests in flight.
-fn busy_clients() -> LoadShape {
-    LoadShape {
-        senders: 2,
-        batch: 50,
-        limit: None,
-        pause: Duration::from_millis(5),
-    }
-}
-
 /// The orchestrator (webhook + 2 consumers) is SIGKILLed under load: its children go with it,
 /// and a new orchestrator on the same queue applies everything accepted exactly once.
 fn sigkilled_orchestrator_takes_its_children_and_loses_nothing(store: Store) {

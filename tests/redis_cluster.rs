@@ -243,16 +243,6 @@ fn killed_primary_under_load(wait_replicas: u32) {
         .report();
 }
 
-/// Two clients posting batches of 50 back to back: load that keeps requests in flight.
-fn busy_clients() -> LoadShape {
-    LoadShape {
-        senders: 2,
-        batch: 50,
-        limit: None,
-        pause: Duration::from_millis(5),
-    }
-}
-
 /// Every process of a pipeline must agree on the partition count: a webhook, a consumer or
 /// an orchestrator started with another count than the one recorded exits 2 with one
 /// sentence naming both numbers, before doing anything.

@@ -187,6 +187,16 @@ pub struct LoadShape {
     pub pause: Duration,
 }
 
+/// Two clients posting batches of 50 back to back: load that keeps requests in flight.
+pub fn busy_clients() -> LoadShape {
+    LoadShape {
+        senders: 2,
+        batch: 50,
+        limit: None,
+        pause: Duration::from_millis(5),
+    }
+}
+
 impl Load {
     /// Starts sending ids `<prefix><n>`.
     pub fn start(p: &Pipeline, prefix: &str, shape: LoadShape) -> Load {

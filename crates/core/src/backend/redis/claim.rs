@@ -321,7 +321,7 @@ impl RedisBackend {
             .arg(&cursor)
             .arg(PROMOTE_PER_CLAIM)
             .arg(if scan { "1" } else { "0" });
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
         let mut items = reply.into_iter();
         let next_cursor = items.next().and_then(|v| text(&v));
@@ -367,7 +367,7 @@ impl RedisBackend {
         consumer: &str,
         max: usize,
     ) -> Result<Vec<Delivery>, CallError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let reply = bounded(
             ::redis::cmd("XREADGROUP")
                 .arg("GROUP")

@@ -72,21 +72,19 @@ impl Conn {
         }
     }
 
-    /// Runs `cmd` on the node at `host:port` (cluster only; a single server answers itself).
-    pub(super) async fn on_address(
-        &mut self,
-        host: &str,
-        port: u16,
-        cmd: Cmd,
-    ) -> RedisResult<Value> {
+    /// Runs `cmd` on the primary that serves `slot`, as this client's slot map has it (cluster
+    /// only; a single server answers itself): the node the queue's own calls for that slot
+    /// reach.
+    pub(super) async fn on_slot(&mut self, slot: u16, cmd: Cmd) -> RedisResult<Value> {
         match self {
             Conn::Single(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_string(),
-                    port,
-                });
-                c.route_command(cmd, routing).await
+                let route = Route::new(slot, SlotAddr::Master);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
             }
         }
     }
@@ -176,4 +174,137 @@ fn connect_failed(url: &str, redacted_url: &str, e: ::redis::RedisError) -> Back
     let hint = tls::hint(url, &e);
     let error = CallError::Redis(e).into_backend("connect", redacted_url);
     tls::with_hint(error, hint)
+}
+
+/// The connection every call clones, rebuilt when a cluster's calls keep failing.
+///
+/// The cluster client rebuilds its slot map on redirects and reconnects to the address it
+/// knows, but after a primary dies it can stay bound to that address: every call for its
+/// slots fails while the cluster has long promoted a replica. So when calls have been failing
+/// without a break of [`STREAK_GAP`] for [`REBUILD_AFTER`], a fresh connection is made from
+/// the seed list (in the background, never more than one at a time) and replaces the old one
+/// for every later call. A single server's [`ConnectionManager`] reconnects by itself.
+pub(super) struct SharedConn {
+    current: std::sync::RwLock<Conn>,
+    /// Seeds and certificates to rebuild a cluster connection from; `None` on one server.
+    rebuild: Option<(String, String, RedisTlsFiles)>,
+    streak: std::sync::Mutex<FailureStreak>,
+    rebuilding: std::sync::atomic::AtomicBool,
+}
+
+/// Consecutive failures, as far as no gap of [`STREAK_GAP`] separates them.
+#[derive(Default)]
+struct FailureStreak {
+    since: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+/// Failures further apart than this are separate incidents.
+const STREAK_GAP: Duration = Duration::from_secs(1);
+/// How long calls may keep failing before the cluster connection is made anew.
+const REBUILD_AFTER: Duration = Duration::from_secs(3);
+
+impl SharedConn {
+    /// `conn` as made for `urls`; in cluster mode it can be rebuilt from them.
+    pub(super) fn new(conn: Conn, urls: &str, redacted_url: &str, files: &RedisTlsFiles) -> Self {
+        let rebuild = matches!(conn, Conn::Cluster(_))
+            .then(|| (urls.to_string(), redacted_url.to_string(), files.clone()));
+        SharedConn {
+            current: std::sync::RwLock::new(conn),
+            rebuild,
+            streak: std::sync::Mutex::new(FailureStreak::default()),
+            rebuilding: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The connection for one call.
+    pub(super) fn get(&self) -> Conn {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a failed call; after [`REBUILD_AFTER`] of them without a break, starts a rebuild.
+    pub(super) fn note_failure(self: &std::sync::Arc<Self>) {
+        let Some((urls, redacted_url, files)) = &self.rebuild else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let due = {
+            let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+            if streak.last.is_none_or(|last| now - last > STREAK_GAP) {
+                streak.since = Some(now);
+            }
+            streak.last = Some(now);
+            streak
+                .since
+                .is_some_and(|since| now - since >= REBUILD_AFTER)
+        };
+        // Only from within a runtime (a call being abandoned always is).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !due
+            || self
+                .rebuilding
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let (urls, redacted_url, files) = (urls.clone(), redacted_url.clone(), files.clone());
+        let shared = self.clone();
+        runtime.spawn(async move {
+            match cluster(&urls, &redacted_url, &files).await {
+                Ok(fresh) => {
+                    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    tracing::warn!(
+                        url = %redacted_url,
+                        "Redis Cluster calls kept failing for {}s: connected anew from the seed nodes",
+                        REBUILD_AFTER.as_secs()
+                    );
+                }
+                Err(e) => tracing::debug!("Redis Cluster connection not rebuilt yet: {e}"),
+            }
+            *shared.streak.lock().unwrap_or_else(|e| e.into_inner()) = FailureStreak::default();
+            shared
+                .rebuilding
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+}
+
+/// Watches one call made for a caller with a deadline of its own (the webhook abandons a call
+/// after its backend timeout, before [`CALL_DEADLINE`] could report it): a call abandoned
+/// unanswered counts as a failure of the connection.
+pub(super) struct CallWatch<'a> {
+    shared: &'a std::sync::Arc<SharedConn>,
+    finished: bool,
+}
+
+impl SharedConn {
+    /// Starts watching a call; see [`CallWatch`].
+    pub(super) fn watch(self: &std::sync::Arc<Self>) -> CallWatch<'_> {
+        CallWatch {
+            shared: self,
+            finished: false,
+        }
+    }
+}
+
+impl CallWatch<'_> {
+    /// The call's outcome, passed through: it was not abandoned (an unanswered call inside it
+    /// was counted where it failed; an answer such as too few replicas is no connection fault).
+    pub(super) fn finish<T>(mut self, result: BackendResult<T>) -> BackendResult<T> {
+        self.finished = true;
+        result
+    }
+}
+
+impl Drop for CallWatch<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.note_failure();
+        }
+    }
 }

@@ -33,7 +33,7 @@ impl RedisBackend {
         }
         let wanted = offset.saturating_add(limit);
         let pages = try_join_all(self.partitions.iter().map(|p| async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let reply: Value = bounded(
                 ::redis::cmd("XRANGE")
                     .arg(&p.keys.dlq)
@@ -117,7 +117,7 @@ impl RedisBackend {
                 .key(&p.keys.stream)
                 .arg(step.min(i64::MAX as usize))
                 .arg(ids);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let moved: u64 = bounded(inv.invoke_async(&mut conn))
                 .await
                 .map_err(self.fail("dlq replay"))?;
@@ -133,7 +133,7 @@ impl RedisBackend {
         let purged = try_join_all(self.partitions.iter().map(|p| async move {
             let mut inv = self.scripts.dlq_purge.prepare_invoke();
             inv.key(&p.keys.dlq);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             bounded(inv.invoke_async::<u64>(&mut conn))
                 .await
                 .map_err(self.fail("dlq purge"))

@@ -78,7 +78,7 @@ impl RedisBackend {
         let key = home.keys.delivery(mark.id());
         let settle_by = tokio::time::Instant::now() + super::CALL_DEADLINE * 2;
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let taken: Option<String> = bounded(
                 ::redis::cmd("SET")
                     .arg(&key)
@@ -129,7 +129,7 @@ impl RedisBackend {
             .await?;
             self.wait_for_replicas(parts.iter().map(|(p, _)| *p))
                 .await?;
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             bounded(
                 ::redis::cmd("SET")
                     .arg(&key)
@@ -145,7 +145,7 @@ impl RedisBackend {
         match stored.await {
             Ok(written) => Ok(in_request_order(events.len(), parts, written)),
             Err(e) => {
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn.get();
                 let released =
                     bounded(::redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn)).await;
                 if released.is_err() {
@@ -189,7 +189,7 @@ impl RedisBackend {
             inv.arg(events[*i].event_id.as_str())
                 .arg(&events[*i].payload);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let flags: Vec<i64> = bounded(inv.invoke_async(&mut conn))
             .await
             .map_err(self.fail("enqueue"))?;
@@ -227,7 +227,7 @@ impl RedisBackend {
         }
         let timeout_ms = timeout.as_millis().max(1) as u64;
         let waits = keys.iter().map(|key| async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let mut cmd = ::redis::cmd("WAIT");
             cmd.arg(replicas).arg(timeout_ms);
             // WAIT itself may take up to its timeout: bounded by it plus the call deadline.

@@ -33,6 +33,21 @@ impl CallError {
         }
     }
 
+    /// Whether the call never got an answer (no connection, a dropped one, no reply in time):
+    /// what a connection stuck on a dead node looks like, unlike an error Redis answered.
+    pub(super) fn is_unanswered(&self) -> bool {
+        match self {
+            CallError::Deadline => true,
+            CallError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.kind() == ::redis::ErrorKind::ClusterConnectionNotFound
+            }
+        }
+    }
+
     /// The error callers see: `what` failed at `url` (already redacted); transient failures
     /// are [`BackendError::Unavailable`], the rest [`BackendError::Failed`].
     pub(super) fn into_backend(self, what: &str, url: &str) -> BackendError {
@@ -79,6 +94,11 @@ impl RedisBackend {
     /// backend's URL (without its password).
     pub(super) fn fail(&self, what: &str) -> impl FnOnce(CallError) -> BackendError + '_ {
         let what = what.to_string();
-        move |e| e.into_backend(&what, &self.redacted_url)
+        move |e| {
+            if e.is_unanswered() {
+                self.conn.note_failure();
+            }
+            e.into_backend(&what, &self.redacted_url)
+        }
     }
 }

@@ -14,7 +14,7 @@ impl RedisBackend {
     /// be delivered. Settled entries are deleted, so reading from `0` never replays work that
     /// was done.
     pub(super) async fn ensure_group(&self, keys: &Keys) -> Result<(), CallError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let created = bounded(
             ::redis::cmd("XGROUP")
                 .arg("CREATE")

@@ -59,7 +59,7 @@ impl RedisBackend {
         for (map, field, by) in bounds::in_order(&Sums::of(&increments)) {
             inv.arg(map).arg(field).arg(by);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         bounded(inv.invoke_async::<i64>(&mut conn))
             .await
             .map_err(self.fail("record"))?;
@@ -111,7 +111,7 @@ impl RedisBackend {
             .arg(self.options.bounds.exact_distinct_users)
             .arg(HLL_SUFFIX)
             .arg(if several { MEMBERS_PER_PARTITION } else { 0 });
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
             .await
             .map_err(self.fail("metrics"))?;
@@ -143,7 +143,7 @@ impl RedisBackend {
     /// and counted as one by a script in the first partition's slot.
     async fn estimate_distinct(&self) -> BackendResult<u64> {
         let raws = try_join_all(self.partitions.iter().map(|p| async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             bounded(
                 ::redis::cmd("GET")
                     .arg(format!("{}{HLL_SUFFIX}", p.keys.metric(maps::USERS)))
@@ -164,7 +164,7 @@ impl RedisBackend {
         for raw in &raws {
             inv.arg(raw.as_slice());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let n: i64 = bounded(inv.invoke_async(&mut conn))
             .await
             .map_err(self.fail("metrics (distinct users)"))?;

@@ -72,7 +72,7 @@ use scripts::Scripts;
 pub struct RedisBackend {
     /// The shared multiplexed connection of every non-blocking call: one server's
     /// auto-reconnecting connection, or the cluster client's.
-    conn: Conn,
+    conn: std::sync::Arc<conn::SharedConn>,
     /// How a claimer with nothing to claim waits for new entries.
     waiter: Waiter,
     /// Every partition's keys and claim schedule, indexed by partition number.
@@ -184,6 +184,12 @@ impl RedisBackend {
             }
         };
         let count = config.partitions.max(1);
+        let conn = std::sync::Arc::new(conn::SharedConn::new(
+            conn,
+            &config.url,
+            &redacted_url,
+            &config.tls,
+        ));
         let backend = RedisBackend {
             conn,
             waiter,
@@ -227,7 +233,7 @@ impl RedisBackend {
         let wanted = self.partitions.len();
         let key = keys::partitions_key(prefix);
         let legacy = Keys::new(prefix);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let recorded: Option<usize> = bounded(
             ::redis::cmd("GET")
                 .arg(&key)
@@ -280,7 +286,7 @@ impl RedisBackend {
 
     /// One server or a cluster, as the connection is.
     fn mode(&self) -> RedisMode {
-        match self.conn {
+        match self.conn.get() {
             Conn::Single(_) => RedisMode::Standalone,
             Conn::Cluster(_) => RedisMode::Cluster,
         }
@@ -322,7 +328,7 @@ impl RedisBackend {
     /// The depths of one partition, read atomically.
     async fn partition_depths(&self, keys: &Keys) -> BackendResult<Depths> {
         type FirstEntries = Vec<(String, HashMap<String, String>)>;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (stream, retry, dlq, first, first_retry): (u64, u64, u64, FirstEntries, Vec<String>) =
             bounded(
                 ::redis::pipe()
@@ -370,10 +376,12 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> BackendResult<()> {
-        let mut conn = self.conn.clone();
-        bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
+        let watch = self.conn.watch();
+        let mut conn = self.conn.get();
+        let result = bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
             .await
-            .map_err(self.fail("ping"))
+            .map_err(self.fail("ping"));
+        watch.finish(result)
     }
 
     async fn topology(&self) -> BackendResult<Option<Topology>> {
@@ -385,7 +393,8 @@ impl Backend for RedisBackend {
         events: Vec<QueuedEvent>,
         mark: Option<DeliveryMark>,
     ) -> BackendResult<Vec<EnqueueOutcome>> {
-        self.enqueue_batch(events, mark).await
+        let watch = self.conn.watch();
+        watch.finish(self.enqueue_batch(events, mark).await)
     }
 
     async fn claim_batch(
@@ -409,12 +418,15 @@ impl Backend for RedisBackend {
     /// under-estimate by at most the retry delays). Each partition is read atomically; the
     /// partitions concurrently.
     async fn depths(&self) -> BackendResult<Depths> {
-        let parts = futures_util::future::try_join_all(
-            self.partitions
-                .iter()
-                .map(|p| self.partition_depths(&p.keys)),
-        )
-        .await?;
+        let watch = self.conn.watch();
+        let parts = watch.finish(
+            futures_util::future::try_join_all(
+                self.partitions
+                    .iter()
+                    .map(|p| self.partition_depths(&p.keys)),
+            )
+            .await,
+        )?;
         Ok(parts.into_iter().fold(Depths::default(), |sum, d| Depths {
             queue: sum.queue + d.queue,
             dlq: sum.dlq + d.dlq,

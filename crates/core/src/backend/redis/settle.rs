@@ -170,7 +170,7 @@ impl RedisBackend {
                 }
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await
     }
 }

@@ -20,6 +20,9 @@ use pipeline_core::process::ProcessFigures;
 
 /// How often the sums are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the process gauges (memory, open files, CPU) are written while the consumer has
+/// nothing else to write.
+const IDLE_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest a write (or the read of the stored progress) may take: the batch loop waits on it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed write, how long until the next try, so an outage costs the loop little.
@@ -81,6 +84,8 @@ pub struct BatchFigures {
     /// The stored gauges; `None` = unknown, read before the next write.
     stored: Option<Stored>,
     next_flush: Instant,
+    /// When the process gauges were last written while nothing else was to be written.
+    idle_write: Option<Instant>,
 }
 
 impl BatchFigures {
@@ -93,6 +98,7 @@ impl BatchFigures {
             progress: None,
             stored: None,
             next_flush: Instant::now() + FLUSH_INTERVAL,
+            idle_write: None,
         }
     }
 
@@ -136,13 +142,22 @@ impl BatchFigures {
     /// after all).
     pub async fn flush(&mut self, backend: &dyn Backend) {
         self.next_flush = Instant::now() + FLUSH_INTERVAL;
-        let process = ProcessFigures::read();
-        if self.sizes.is_empty()
-            && self.calls.is_empty()
-            && self.progress.is_none()
-            && process.is_none()
+        let idle = self.sizes.is_empty() && self.calls.is_empty() && self.progress.is_none();
+        // An idle consumer's gauges barely move: written every IDLE_FLUSH_INTERVAL, not every
+        // second, so a pipeline at rest does not keep its store busy.
+        if idle
+            && self
+                .idle_write
+                .is_some_and(|at| at.elapsed() < IDLE_FLUSH_INTERVAL)
         {
             return;
+        }
+        let process = ProcessFigures::read();
+        if idle && process.is_none() {
+            return;
+        }
+        if idle {
+            self.idle_write = Some(Instant::now());
         }
         let stored = match self.stored {
             Some(stored) => stored,

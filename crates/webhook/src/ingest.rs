@@ -111,7 +111,7 @@ impl AppState {
             }
             None => None,
         };
-        let depth = self.inner.queue_depth.load(Ordering::Relaxed);
+        let depth = self.depth_for_ingest().await;
         let max = self.config().http.max_queue_depth;
         if depth > max {
             return Err(ApiError::Overloaded { depth, max });

@@ -74,6 +74,10 @@ pub const CONNECTION_LINGER: Duration = Duration::from_millis(250);
 
 /// How often the cached queue depth used for load shedding is refreshed from the backend.
 pub const DEPTH_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// After this long without an ingest request the depth refresh rests.
+const DEPTH_QUIET_AFTER: Duration = Duration::from_secs(2);
+/// A cached depth older than this is read again before an ingest request is judged by it.
+const DEPTH_STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything a handler needs, shared by all requests (one `Arc` clone per request).
 #[derive(Clone)]
@@ -98,6 +102,13 @@ struct Shared {
     /// Last known queue depth (refreshed in the background, bumped by our own accepts), so
     /// load shedding costs no backend round trip.
     queue_depth: AtomicU64,
+    /// When `queue_depth` was last read from the backend (ms since `started`).
+    depth_read_at: AtomicI64,
+    /// When an ingest request last arrived (ms since `started`): the refresh runs only
+    /// around ingest.
+    last_ingest_at: AtomicI64,
+    /// Wakes the depth refresh out of its quiet wait when ingest resumes.
+    ingest_resumed: tokio::sync::Notify,
     /// Unix second of the last capacity warning, so a flood of 429/503 logs once a second.
     last_capacity_warning: AtomicI64,
     /// For `uptime_seconds`.
@@ -135,6 +146,9 @@ impl AppState {
                 local: LocalMetrics::default(),
                 own: OwnMetrics::default(),
                 queue_depth: AtomicU64::new(0),
+                depth_read_at: AtomicI64::new(0),
+                last_ingest_at: AtomicI64::new(0),
+                ingest_resumed: tokio::sync::Notify::new(),
                 last_capacity_warning: AtomicI64::new(0),
                 started: Instant::now(),
                 streams_stop: CancellationToken::new(),
@@ -166,7 +180,36 @@ impl AppState {
         self.inner
             .queue_depth
             .store(depths.queue, Ordering::Relaxed);
+        self.inner
+            .depth_read_at
+            .store(self.millis_since_start(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The queue depth load shedding compares with `DAY15_MAX_QUEUE_DEPTH`: the cached one,
+    /// read again first when it is older than [`DEPTH_STALE_AFTER`] (the first request after
+    /// a quiet spell, while the background refresh rested). Wakes that refresh.
+    pub(crate) async fn depth_for_ingest(&self) -> u64 {
+        let now = self.millis_since_start();
+        self.inner.last_ingest_at.store(now, Ordering::Relaxed);
+        self.inner.ingest_resumed.notify_one();
+        let read_at = self.inner.depth_read_at.load(Ordering::Relaxed);
+        if now - read_at > DEPTH_STALE_AFTER.as_millis() as i64 {
+            // A failure keeps the last value; the enqueue reports an outage itself (503).
+            let _ = self.refresh_depth().await;
+        }
+        self.inner.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Whether no ingest request arrived for [`DEPTH_QUIET_AFTER`].
+    fn ingest_is_quiet(&self) -> bool {
+        let last = self.inner.last_ingest_at.load(Ordering::Relaxed);
+        self.millis_since_start() - last > DEPTH_QUIET_AFTER.as_millis() as i64
+    }
+
+    /// A monotonic clock for the depth cache's timestamps.
+    fn millis_since_start(&self) -> i64 {
+        self.inner.started.elapsed().as_millis() as i64
     }
 
     /// Writes unflushed local counts to the backend; on failure they stay local for the next
@@ -407,17 +450,26 @@ fn announce(state: &AppState, address: SocketAddr) {
     }
 }
 
+/// Refreshes the cached depth every [`DEPTH_REFRESH_INTERVAL`] while events arrive, and rests
+/// once none did for [`DEPTH_QUIET_AFTER`] (a webhook at rest reads nothing), until the next
+/// ingest request wakes it.
 async fn refresh_depth_loop(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(DEPTH_REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // On stop the pending tick is dropped; nothing is lost.
+        // On stop the pending tick or wait is dropped; nothing is lost.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         // A failure keeps the last value; ingest reports the outage itself (503).
         let _ = state.refresh_depth().await;
+        if state.ingest_is_quiet() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = state.inner.ingest_resumed.notified() => {}
+            }
+        }
     }
 }
 

@@ -21,8 +21,11 @@
 //!   of a lease. One indexed column makes "ready" an index range scan and "when is the next
 //!   one due" a single index seek, which the claim wait loop uses to sleep exactly long enough.
 //! - A claimer blocked on an empty queue wakes at once for an enqueue made through the same
-//!   instance (a `Notify`), and within one poll interval (1 ms doubling to 4 ms) for one made
-//!   by another process, noticed through `PRAGMA data_version`.
+//!   instance (a `Notify`), and for one made by another process when a change notification on
+//!   the file's WAL says it was written (`commits.rs`); it then reads `PRAGMA data_version`.
+//!   The poll of `data_version` remains as the safety net: every 500 ms with notifications,
+//!   every 1 ms doubling to 4 ms where the platform gives none. An idle claimer therefore costs
+//!   nearly nothing.
 //! - A store must stay the one every process uses. A watch thread checks every second that
 //!   `DAY15_SQLITE_PATH` still names the store this process opened (device, inode and the
 //!   store id in its `meta` table); once it does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
@@ -43,11 +46,13 @@
 //!   probe); `error.rs`: SQLite failures turned into the trait's errors, naming the file;
 //!   `schema.rs`: tables, indexes, migration.
 //! - `writer.rs`: the writer thread (group commit, savepoints, the fsync choice, upkeep);
-//!   `reader.rs`: the reader thread; `wait.rs`: the claim wait loop.
+//!   `reader.rs`: the reader thread; `wait.rs`: the claim wait loop; `commits.rs`: the change
+//!   notification that wakes it.
 //! - One file per operation's SQL: `enqueue.rs`, `claim.rs`, `settle.rs`, `dlq.rs`, and
 //!   `metrics.rs` (recording and reading the aggregates).
 
 mod claim;
+mod commits;
 mod connection;
 mod dlq;
 mod enqueue;
@@ -99,6 +104,9 @@ pub struct SqliteBackend {
     reads: mpsc::Sender<ReadJob>,
     /// Fired by the writer after committing work a claimer may be waiting for.
     arrivals: Arc<Notify>,
+    /// Fired when any process (this one too) commits to the file; `None` where the platform
+    /// gives no change notifications, and the claim wait loop polls at its short interval.
+    commits: Option<(Arc<Notify>, commits::CommitWatch)>,
     /// Whether the store is still the one at the path, and still writable.
     condition: Arc<Condition>,
     /// Dropped with the backend, which stops the watch thread.
@@ -230,11 +238,16 @@ impl SqliteBackend {
             watch_store(identity, probe, watched, stop)
         })?;
 
+        let commit_notify = Arc::new(Notify::new());
+        let commits = commits::CommitWatch::start(path, commit_notify.clone())
+            .map(|watch| (commit_notify, watch));
+
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             writes,
             reads,
             arrivals,
+            commits,
             condition,
             _watch: watch,
         })

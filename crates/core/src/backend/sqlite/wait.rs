@@ -2,9 +2,12 @@
 //!
 //! Within this process the writer fires [`SqliteBackend`]'s `Notify` after committing an
 //! enqueue, a retry or a replay, which wakes the waiter at once. Another process's commits are
-//! noticed by polling `PRAGMA data_version` on the reader thread every [`POLL_MIN`] doubling
-//! to [`POLL_MAX`]; when it changed, one index seek reads the earliest `visible_at`, so the
-//! loop claims again (a write) only once something is due, and never sleeps past that moment.
+//! announced by a change notification on the file's WAL (`commits.rs`), after which the loop
+//! reads `PRAGMA data_version` on the reader thread; the same read also runs on a timer, every
+//! [`POLL_MIN`] doubling to [`POLL_MAX_NOTIFIED`] (or to [`POLL_MAX`] where there are no
+//! notifications), as the safety net. When the version changed, one index seek reads the
+//! earliest `visible_at`, so the loop claims again (a write) only once something is due, and
+//! never sleeps past that moment.
 
 use std::time::Duration;
 
@@ -17,11 +20,14 @@ use super::writer::WriteJob;
 use super::{now_millis, SqliteBackend};
 use crate::backend::{BackendResult, Delivery};
 
-/// First and longest interval of the cross-process wait poll.
+/// First interval of the cross-process wait poll.
 const POLL_MIN: Duration = Duration::from_millis(1);
-/// Kept short because it bounds the end-to-end latency across processes; an idle poll is one
-/// `PRAGMA data_version` (no disk read), so 250 a second cost next to nothing.
+/// Longest interval of the poll without change notifications: it bounds the end-to-end
+/// latency across processes; an idle poll is one `PRAGMA data_version` (no disk read).
 const POLL_MAX: Duration = Duration::from_millis(4);
+/// Longest interval of the poll while change notifications announce commits: only what a
+/// notification missed waits this long.
+const POLL_MAX_NOTIFIED: Duration = Duration::from_millis(500);
 
 /// What the claim wait loop learns from one poll.
 pub(super) struct Watch {
@@ -76,9 +82,20 @@ impl SqliteBackend {
                 return Ok(got);
             }
             let mut pause = POLL_MIN;
+            let longest = if self.commits.is_some() {
+                POLL_MAX_NOTIFIED
+            } else {
+                POLL_MAX
+            };
             loop {
                 if cancel.is_cancelled() || tokio::time::Instant::now() >= deadline {
                     return Ok(Vec::new());
+                }
+                // Registered before the read, so a commit during it still ends the sleep.
+                let committed = self.commits.as_ref().map(|(notify, _)| notify.notified());
+                tokio::pin!(committed);
+                if let Some(n) = committed.as_mut().as_pin_mut() {
+                    n.enable();
                 }
                 let seen = self
                     .read(|reply| ReadJob::Watch {
@@ -104,10 +121,17 @@ impl SqliteBackend {
                 // and a cancelled wait has claimed nothing.
                 tokio::select! {
                     _ = &mut arrived => break,
+                    // Another process committed: read the version again at once.
+                    _ = async {
+                        match committed.as_mut().as_pin_mut() {
+                            Some(n) => n.await,
+                            None => std::future::pending().await,
+                        }
+                    } => continue,
                     _ = tokio::time::sleep_until(until) => {}
                     _ = cancel.cancelled() => return Ok(Vec::new()),
                 }
-                pause = (pause * 2).min(POLL_MAX);
+                pause = (pause * 2).min(longest);
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{counters, maps, Effect, Increment};
+use super::{counters, maps, rollup, Effect, Increment};
 use crate::event::{
     Event, MAX_AMOUNT, MAX_COUNT, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
 };
@@ -57,7 +57,9 @@ fn quantity(event: &Event) -> u64 {
         .unwrap_or(1)
 }
 
-/// The increments of applying `event` at `applied_at`.
+/// The increments of applying `event` at `applied_at`: the totals, and the same maps in the
+/// minute, hour and day buckets of the event's `timestamp` ([`rollup`]; `applied_at` for an
+/// event without one), so one atomic settle applies both.
 pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     let meta = event.metadata();
     let text = |k: &str| {
@@ -70,7 +72,6 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     let mut inc = vec![
         Increment::counter(counters::PROCESSED),
         Increment::new(maps::EVENTS_BY_TYPE, t, 1.0),
-        Increment::new(&maps::per_minute(applied_at.timestamp() / 60), t, 1.0),
     ];
     if let Some(user) = &event.user_id {
         inc.push(Increment::new(maps::USERS, user.clone(), 1.0));
@@ -126,6 +127,9 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
         }
         _ => inc.push(Increment::counter(counters::UNHANDLED)),
     }
+    let event_time = event.timestamp().unwrap_or(applied_at);
+    let rolled = rollup::increments_of(&inc, event.user_id.as_deref(), event_time);
+    inc.extend(rolled);
     Effect {
         event_id: event.id.clone(),
         increments: inc,

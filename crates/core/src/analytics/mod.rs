@@ -10,6 +10,7 @@
 //! - [`counting`]: what settling a failed attempt counts, the one home of those rules.
 //! - [`stored`]: increments summed and stored, and how each map is read back.
 //! - [`snapshot`]: the `/analytics` document shaped from the stored maps.
+//! - [`rollup`]: the same maps per minute, hour and day of event time, with their retention.
 //! - [`bounds`], [`hll`]: the caps that keep the stored maps bounded.
 
 use crate::event::EventId;
@@ -19,6 +20,7 @@ pub mod bounds;
 pub mod counting;
 pub mod effect;
 pub mod hll;
+pub mod rollup;
 pub mod snapshot;
 pub mod stored;
 

@@ -12,6 +12,7 @@ use super::merge::{merge, PartitionMetrics, MEMBERS_PER_PARTITION, TOP_USERS_PER
 use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
 use crate::analytics::bounds::{self, CAPPED_MAPS, KNOWN_TYPES, OTHER};
+use crate::analytics::rollup::{self, Buckets, Granularity};
 use crate::analytics::{
     maps, Bounds, Increment, MapShape, StoredMetrics, Sums, MINUTE_WINDOW, TOP_USERS,
 };
@@ -38,8 +39,44 @@ pub(super) fn bounds_arg(b: &Bounds) -> String {
         "minute_prefix": maps::PER_MINUTE_PREFIX,
         "typed": [maps::EVENTS_BY_TYPE],
         "known": KNOWN_TYPES,
+        "rollup_prefix": rollup::PREFIX,
+        "registers": rollup::ACTIVE_USERS,
+        "rollup_expiry": Granularity::ALL
+            .into_iter()
+            .map(|g| (g.letter().to_string(), b.rollup_retention.expires_at(g, 0).into()))
+            .collect::<serde_json::Map<_, _>>(),
     })
     .to_string()
+}
+
+/// Rollup bucket keys per script call: bounds one call's reply.
+const BUCKETS_PER_CALL: usize = 1_000;
+
+fn now_seconds() -> i64 {
+    crate::backend::epoch_millis(std::time::SystemTime::now()) / 1_000
+}
+
+/// One bucket as the partitions hold it, merged: registers by maximum, other fields summed
+/// and, for a dimension bucket holding more than `cap` named fields, capped like the totals.
+fn merge_rollups<'a>(
+    name: &str,
+    parts: impl Iterator<Item = &'a Vec<(String, f64)>>,
+    register: bool,
+    cap: usize,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut merged = std::collections::BTreeMap::new();
+    for (field, value) in parts.flatten() {
+        let stored: &mut f64 = merged.entry(field.clone()).or_insert(0.0);
+        if register {
+            *stored = stored.max(*value);
+        } else {
+            *stored += value;
+        }
+    }
+    if !register && bounds::is_capped(name) {
+        super::merge::cap_map(name, &mut merged, cap);
+    }
+    merged
 }
 
 impl RedisBackend {
@@ -76,19 +113,89 @@ impl RedisBackend {
                 .map(|p| self.read_partition_metrics(&p.keys, several)),
         )
         .await?;
+        let (from, to) = rollup::minute_window(now_seconds());
+        let minutes = self
+            .read_rollups(maps::EVENTS_BY_TYPE, Granularity::Minute, from, to)
+            .await?;
         if !several {
             let part = parts.into_iter().next().unwrap_or_default();
-            return Ok(StoredMetrics {
+            let mut snapshot = StoredMetrics {
                 maps: part.maps,
                 distinct_users: part.distinct_count,
                 top_users: part.top_users,
-            });
+            };
+            rollup::add_minutes(&mut snapshot, minutes);
+            return Ok(snapshot);
         }
         let (mut merged, need_estimate) = merge(parts, self.options.bounds.max_dimension_values);
         if need_estimate {
             merged.distinct_users = merged.distinct_users.max(self.estimate_distinct().await?);
         }
+        rollup::add_minutes(&mut merged, minutes);
         Ok(merged)
+    }
+
+    /// The rollup buckets of `aggregate` starting in `from..to`: each partition's buckets read
+    /// by name (they are not in the registry) in one script call per [`BUCKETS_PER_CALL`],
+    /// partitions concurrently, then merged (see [`merge_rollups`]).
+    pub(super) async fn read_rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<Buckets> {
+        let span = granularity.seconds();
+        let mut first = granularity.bucket_start(from);
+        if first < from {
+            first += span;
+        }
+        let starts: Vec<i64> = std::iter::successors(Some(first), |s| Some(s + span))
+            .take_while(|s| *s < to)
+            .collect();
+        let names: Vec<String> = starts
+            .iter()
+            .map(|s| rollup::map_name(aggregate, granularity, *s))
+            .collect();
+        let parts = try_join_all(self.partitions.iter().map(|p| {
+            let names = &names;
+            async move {
+                let mut buckets: Vec<Vec<(String, f64)>> = Vec::with_capacity(names.len());
+                for chunk in names.chunks(BUCKETS_PER_CALL) {
+                    let mut inv = self.scripts.rollups.prepare_invoke();
+                    for name in chunk {
+                        inv.key(p.keys.metric(name));
+                    }
+                    let mut conn = self.conn.clone();
+                    let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
+                        .await
+                        .map_err(self.fail("rollups"))?;
+                    buckets.extend(reply.iter().map(scored_pairs));
+                }
+                Ok::<_, crate::backend::BackendError>(buckets)
+            }
+        }))
+        .await?;
+        let retention = &self.options.bounds.rollup_retention;
+        let now = now_seconds();
+        let register = aggregate == rollup::ACTIVE_USERS;
+        let mut out = Buckets::new();
+        for (i, (start, name)) in starts.iter().zip(&names).enumerate() {
+            if !retention.keeps(name, now) {
+                continue;
+            }
+            let fields = parts.iter().filter_map(|part| part.get(i));
+            let merged = merge_rollups(
+                name,
+                fields,
+                register,
+                self.options.bounds.max_dimension_values,
+            );
+            if !merged.is_empty() {
+                out.insert(*start, merged);
+            }
+        }
+        Ok(out)
     }
 
     /// One partition's metrics script run; `several`: read as one of several partitions
@@ -130,7 +237,7 @@ impl RedisBackend {
                     }
                 }
                 MapShape::Ranked => part.top_users = scored_pairs(&pair[1]),
-                MapShape::Summed => {
+                MapShape::Summed | MapShape::Register => {
                     part.maps
                         .insert(name, scored_pairs(&pair[1]).into_iter().collect());
                 }

@@ -436,4 +436,14 @@ impl Backend for RedisBackend {
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read_metrics().await
     }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: crate::analytics::rollup::Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<crate::analytics::rollup::Buckets> {
+        self.read_rollups(aggregate, granularity, from, to).await
+    }
 }

@@ -69,12 +69,14 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use self::metrics::RollupRange;
 use self::reader::{ReadJob, Reader, READ_QUEUE};
 use self::writer::{WriteJob, Writer, WRITE_QUEUE};
 use super::{
     epoch_millis, Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery,
     DeliveryMark, Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
+use crate::analytics::rollup::{Buckets, Granularity, Retention};
 use crate::analytics::{Increment, StoredMetrics};
 use crate::config::SqliteSynchronous;
 
@@ -101,6 +103,8 @@ pub struct SqliteBackend {
     arrivals: Arc<Notify>,
     /// Whether the store is still the one at the path, and still writable.
     condition: Arc<Condition>,
+    /// How long rollup buckets are kept: reads never return a bucket past it.
+    retention: Retention,
     /// Dropped with the backend, which stops the watch thread.
     _watch: std::sync::mpsc::Sender<()>,
 }
@@ -175,6 +179,7 @@ impl SqliteBackend {
         options: BackendOptions,
     ) -> BackendResult<Self> {
         let arrivals = Arc::new(Notify::new());
+        let retention = options.bounds.rollup_retention;
 
         let (writes, write_jobs) = mpsc::channel(WRITE_QUEUE);
         let (ready, writer_ready) = oneshot::channel();
@@ -236,6 +241,7 @@ impl SqliteBackend {
             reads,
             arrivals,
             condition,
+            retention,
             _watch: watch,
         })
     }
@@ -410,5 +416,23 @@ impl Backend for SqliteBackend {
 
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read(ReadJob::Metrics).await
+    }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<Buckets> {
+        let range = RollupRange {
+            aggregate: aggregate.to_string(),
+            granularity,
+            from,
+            to,
+            retention: self.retention,
+            now: now_millis() / 1_000,
+        };
+        self.read(|reply| ReadJob::Rollups { range, reply }).await
     }
 }

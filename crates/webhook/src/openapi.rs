@@ -31,7 +31,8 @@ pub(crate) struct Event {
         max_length = 64
     )]
     event_type: String,
-    /// An RFC 3339 date-time; not compared with the clock.
+    /// An RFC 3339 date-time, the event time the rollups bucket by; at most
+    /// DAY15_MAX_FUTURE_SKEW_SECONDS (default 300) ahead of the webhook's clock.
     #[schema(format = DateTime)]
     timestamp: String,
     /// At most 128 characters, no control characters.
@@ -135,6 +136,7 @@ pub(crate) fn dlq_offset() -> Object {
         crate::read::stats,
         crate::read::metrics,
         crate::read::analytics,
+        crate::read::timeseries,
         crate::dashboard::stream,
         crate::dashboard::page,
         crate::read::dlq_list,

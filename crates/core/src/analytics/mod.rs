@@ -11,6 +11,7 @@
 //! - [`stored`]: increments summed and stored, and how each map is read back.
 //! - [`snapshot`]: the `/analytics` document shaped from the stored maps.
 //! - [`rollup`]: the same maps per minute, hour and day of event time, with their retention.
+//! - [`timeseries`]: a range of rollup buckets in a time zone, for `/analytics/timeseries`.
 //! - [`bounds`], [`hll`]: the caps that keep the stored maps bounded.
 
 use crate::event::EventId;
@@ -23,6 +24,7 @@ pub mod hll;
 pub mod rollup;
 pub mod snapshot;
 pub mod stored;
+pub mod timeseries;
 
 pub use bounds::Bounds;
 

@@ -37,7 +37,11 @@ async fn fill(b: &Arc<dyn Backend>, per_hour: usize) -> anyhow::Result<()> {
     let first = Granularity::Hour.bucket_start(now) - (HOURS - 1) * 3_600;
     let mut next = 0usize;
     for h in 0..HOURS {
-        let map = rollup::map_name(maps::SIGNUPS_BY_SOURCE, Granularity::Hour, first + h * 3_600);
+        let map = rollup::map_name(
+            maps::SIGNUPS_BY_SOURCE,
+            Granularity::Hour,
+            first + h * 3_600,
+        );
         let increments: Vec<Increment> = (0..per_hour)
             .map(|_| {
                 next = (next + 1) % VALUES;
@@ -128,7 +132,10 @@ async fn main() -> anyhow::Result<()> {
                 .query_async(&mut conn)
                 .await?;
             for chunk in keys.chunks(500) {
-                let _: () = ::redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
+                let _: () = ::redis::cmd("DEL")
+                    .arg(chunk)
+                    .query_async(&mut conn)
+                    .await?;
             }
         }
     }

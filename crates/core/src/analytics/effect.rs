@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{counters, maps, rollup, Effect, Increment};
+use super::{counters, maps, Effect, Increment};
 use crate::event::{
     Event, MAX_AMOUNT, MAX_COUNT, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
 };
@@ -57,9 +57,9 @@ fn quantity(event: &Event) -> u64 {
         .unwrap_or(1)
 }
 
-/// The increments of applying `event` at `applied_at`: the totals, and the same maps in the
-/// minute, hour and day buckets of the event's `timestamp` ([`rollup`]; `applied_at` for an
-/// event without one), so one atomic settle applies both.
+/// The increments of applying `event` at `applied_at`: the totals, and the event time their
+/// rollups count at (the event's `timestamp`; `applied_at` for an event without one), so one
+/// atomic settle applies both (see [`super::rollup`]).
 pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     let meta = event.metadata();
     let text = |k: &str| {
@@ -127,11 +127,9 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
         }
         _ => inc.push(Increment::counter(counters::UNHANDLED)),
     }
-    let event_time = event.timestamp().unwrap_or(applied_at);
-    let rolled = rollup::increments_of(&inc, event.user_id.as_deref(), event_time);
-    inc.extend(rolled);
     Effect {
         event_id: event.id.clone(),
         increments: inc,
+        event_time: Some(event.timestamp().unwrap_or(applied_at).timestamp()),
     }
 }

@@ -179,7 +179,24 @@ impl Increment {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effect {
     pub event_id: EventId,
+    /// The totals.
     pub increments: Vec<Increment>,
+    /// Unix second of the event's `timestamp`: the rolled-up increments (and the user) also
+    /// count in that instant's minute, hour and day buckets, summed per batch by
+    /// [`rollup::RollupSums`] in the same atomic step. `None`: no rollups.
+    pub event_time: Option<i64>,
+}
+
+impl Effect {
+    /// The totals and every rollup increment, one event on its own (where a batch is not
+    /// folded first).
+    pub fn all_increments(&self) -> Vec<Increment> {
+        let mut rollups = rollup::RollupSums::default();
+        rollups.add(self);
+        let mut all = self.increments.clone();
+        all.extend(rollups.increments());
+        all
+    }
 }
 
 pub use counting::FailureCounts;

@@ -13,9 +13,10 @@ pub enum MapShape {
     Distinct,
     /// Only the [`TOP_USERS`] largest fields ([`maps::USAGE_BY_USER`]).
     Ranked,
-    /// HyperLogLog registers (field = register, value = rank): written and merged by
-    /// maximum, never summed ([`super::rollup::ACTIVE_USERS`] buckets).
-    Register,
+    /// The distinct users of one rollup bucket ([`super::rollup::ACTIVE_USERS`]): written with
+    /// the user id as field, kept by the backend as a HyperLogLog, read back as its registers
+    /// (field = register, value = rank; registers merge by maximum).
+    BucketUsers,
 }
 
 impl MapShape {
@@ -24,15 +25,14 @@ impl MapShape {
         match name {
             maps::USERS => MapShape::Distinct,
             maps::USAGE_BY_USER => MapShape::Ranked,
-            _ if super::rollup::is_register_map(name) => MapShape::Register,
+            _ if super::rollup::is_register_map(name) => MapShape::BucketUsers,
             _ => MapShape::Summed,
         }
     }
 }
 
 /// Increments summed per `(map, field)`, borrowing the names: how a batch's effects are folded
-/// so that each metric is written once per batch, whatever the batch size. Register maps
-/// ([`MapShape::Register`]) keep the largest value instead of the sum.
+/// so that each metric is written once per batch, whatever the batch size.
 #[derive(Debug, Clone, Default)]
 pub struct Sums<'a>(std::collections::HashMap<(&'a str, &'a str), f64>);
 
@@ -45,12 +45,7 @@ impl<'a> Sums<'a> {
 
     pub fn extend(&mut self, increments: impl IntoIterator<Item = &'a Increment>) {
         for i in increments {
-            let value = self.0.entry((&i.map, &i.field)).or_insert(0.0);
-            if MapShape::of(&i.map) == MapShape::Register {
-                *value = value.max(i.by);
-            } else {
-                *value += i.by;
-            }
+            *self.0.entry((&i.map, &i.field)).or_insert(0.0) += i.by;
         }
     }
 
@@ -75,16 +70,11 @@ pub type Maps = BTreeMap<String, BTreeMap<String, f64>>;
 /// Adds increments to maps held in memory.
 pub fn add_to_maps(maps: &mut Maps, increments: &[Increment]) {
     for (map, field, by) in Sums::of(increments).iter() {
-        let value = maps
+        *maps
             .entry(map.to_string())
             .or_default()
             .entry(field.to_string())
-            .or_insert(0.0);
-        if MapShape::of(map) == MapShape::Register {
-            *value = value.max(by);
-        } else {
-            *value += by;
-        }
+            .or_insert(0.0) += by;
     }
 }
 
@@ -125,7 +115,7 @@ impl StoredMetrics {
         let mut snapshot = StoredMetrics::default();
         for (name, map) in all {
             match MapShape::of(name) {
-                MapShape::Summed | MapShape::Register => {
+                MapShape::Summed | MapShape::BucketUsers => {
                     snapshot.maps.insert(name.clone(), map.clone());
                 }
                 MapShape::Distinct => snapshot.distinct_users = map.len() as u64,

@@ -25,7 +25,7 @@ fn a_known_mix_gives_the_expected_aggregates() {
     ];
     let mut stored = Maps::new();
     for e in events {
-        add_to_maps(&mut stored, &effect_of(&event(e), now).increments);
+        add_to_maps(&mut stored, &effect_of(&event(e), now).all_increments());
     }
     let m = StoredMetrics::from_maps(&stored);
 
@@ -120,7 +120,7 @@ fn totals_of_events_at_the_bounds_are_exact() {
             json!({"event_id": format!("e{i}"), "event_type": t, "user_id": "u",
                              "timestamp": "2025-12-16T10:00:00Z", "metadata": metadata}),
         );
-        add_to_maps(&mut stored, &effect_of(&e, now).increments);
+        add_to_maps(&mut stored, &effect_of(&e, now).all_increments());
     }
     let over = json!({"event_id": "o", "event_type": USAGE_TRACKED,
                       "timestamp": "2025-12-16T10:00:00Z",

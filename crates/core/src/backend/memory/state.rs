@@ -73,14 +73,16 @@ impl State {
             match MapShape::of(map) {
                 MapShape::Distinct => self.users.insert(field, bounds),
                 MapShape::Ranked => self.top_users.add(field, by, bounds),
-                MapShape::Register => {
-                    let rank = self
+                MapShape::BucketUsers => {
+                    // Kept as the bucket's set HyperLogLog registers (register -> rank).
+                    let (register, rank) = crate::analytics::hll::position(field);
+                    let stored = self
                         .rollups
                         .entry(map.to_string())
                         .or_default()
-                        .entry(field.to_string())
+                        .entry(register.to_string())
                         .or_insert(0.0);
-                    *rank = rank.max(by);
+                    *stored = stored.max(f64::from(rank));
                 }
                 MapShape::Summed => {
                     let store = if is_rollup {

@@ -12,6 +12,10 @@ use super::merge::{merge, PartitionMetrics, MEMBERS_PER_PARTITION, TOP_USERS_PER
 use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
 use crate::analytics::bounds::{self, CAPPED_MAPS, KNOWN_TYPES, OTHER};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::analytics::hll;
 use crate::analytics::rollup::{self, Buckets, Granularity};
 use crate::analytics::{
     maps, Bounds, Increment, MapShape, StoredMetrics, Sums, MINUTE_WINDOW, TOP_USERS,
@@ -47,6 +51,31 @@ pub(super) fn bounds_arg(b: &Bounds) -> String {
             .collect::<serde_json::Map<_, _>>(),
     })
     .to_string()
+}
+
+/// Summed increments as the scripts take them, sorted by map and field (the order dimension
+/// values are decided in). The users of a rollup bucket become the bucket's HyperLogLog
+/// registers (register -> highest rank among them, [`crate::analytics::hll`]'s hash, as on
+/// the other backends), which the script raises with `ZADD GT`: a batch sends each register
+/// once, however many of its users fall in it.
+pub(super) fn script_increments<'a>(sums: &Sums<'a>) -> Vec<(&'a str, Cow<'a, str>, f64)> {
+    let mut registers: BTreeMap<(&'a str, usize), u8> = BTreeMap::new();
+    let mut out = Vec::with_capacity(sums.len());
+    for (map, field, by) in bounds::in_order(sums) {
+        if MapShape::of(map) == MapShape::BucketUsers {
+            let (register, rank) = hll::position(field);
+            let highest = registers.entry((map, register)).or_insert(0);
+            *highest = (*highest).max(rank);
+        } else {
+            out.push((map, Cow::Borrowed(field), by));
+        }
+    }
+    out.extend(
+        registers.into_iter().map(|((map, register), rank)| {
+            (map, Cow::Owned(register.to_string()), f64::from(rank))
+        }),
+    );
+    out
 }
 
 /// Rollup bucket keys per script call: bounds one call's reply.
@@ -93,8 +122,8 @@ impl RedisBackend {
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(bounds_arg(&self.options.bounds));
-        for (map, field, by) in bounds::in_order(&Sums::of(&increments)) {
-            inv.arg(map).arg(field).arg(by);
+        for (map, field, by) in script_increments(&Sums::of(&increments)) {
+            inv.arg(map).arg(field.as_ref()).arg(by);
         }
         let mut conn = self.conn.clone();
         bounded(inv.invoke_async::<i64>(&mut conn))
@@ -157,6 +186,7 @@ impl RedisBackend {
             .iter()
             .map(|s| rollup::map_name(aggregate, granularity, *s))
             .collect();
+        let register = aggregate == rollup::ACTIVE_USERS;
         let parts = try_join_all(self.partitions.iter().map(|p| {
             let names = &names;
             async move {
@@ -178,7 +208,6 @@ impl RedisBackend {
         .await?;
         let retention = &self.options.bounds.rollup_retention;
         let now = now_seconds();
-        let register = aggregate == rollup::ACTIVE_USERS;
         let mut out = Buckets::new();
         for (i, (start, name)) in starts.iter().zip(&names).enumerate() {
             if !retention.keeps(name, now) {
@@ -237,7 +266,7 @@ impl RedisBackend {
                     }
                 }
                 MapShape::Ranked => part.top_users = scored_pairs(&pair[1]),
-                MapShape::Summed | MapShape::Register => {
+                MapShape::Summed | MapShape::BucketUsers => {
                     part.maps
                         .insert(name, scored_pairs(&pair[1]).into_iter().collect());
                 }

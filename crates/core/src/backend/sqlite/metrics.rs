@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::bucket_users;
 use super::error::StoreResult;
 use super::schema::DISTINCT_USERS_FULL;
 use super::writer::Ctx;
@@ -17,10 +18,6 @@ use crate::analytics::{maps, Bounds, MapShape, StoredMetrics, Sums, TOP_USERS};
 const ADD_METRIC: &str = "INSERT INTO metrics (map, field, value) VALUES (?1, ?2, ?3)
      ON CONFLICT (map, field) DO UPDATE SET value = value + excluded.value";
 
-/// Raises one register of a rollup bucket's distinct-user HyperLogLog to at least the value.
-const RAISE_METRIC: &str = "INSERT INTO metrics (map, field, value) VALUES (?1, ?2, ?3)
-     ON CONFLICT (map, field) DO UPDATE SET value = max(value, excluded.value)";
-
 /// Raises one HyperLogLog register (or the "exact set is full" mark) to at least the value.
 const RAISE_REGISTER: &str = "INSERT INTO distinct_users_hll (register, rank) VALUES (?1, ?2)
      ON CONFLICT (register) DO UPDATE SET rank = max(rank, excluded.rank)";
@@ -32,28 +29,42 @@ pub(super) fn add_metrics(c: &Connection, ctx: &Ctx<'_>, sums: &Sums<'_>) -> Sto
     let bounds = &ctx.bounds;
     let now = ctx.now / 1_000;
     let mut add = c.prepare_cached(ADD_METRIC)?;
-    let mut caps: HashMap<&str, DimensionCap> = HashMap::new();
+    // Per dimension map: `None` when it has room for every field of the batch (no field can
+    // become `other`, so none needs looking up), else the cap decision.
+    let mut caps: HashMap<&str, Option<DimensionCap>> = HashMap::new();
     let mut users: Vec<&str> = Vec::new();
     let mut usage: Vec<(&str, f64)> = Vec::new();
-    for (map, field, by) in bounds::in_order(sums) {
+    let mut bucket_users: HashMap<&str, Vec<&str>> = HashMap::new();
+    let ordered = bounds::in_order(sums);
+    let mut batch_fields: HashMap<&str, usize> = HashMap::new();
+    for (map, _, _) in &ordered {
+        *batch_fields.entry(map).or_default() += 1;
+    }
+    for (map, field, by) in ordered {
         if map.starts_with(rollup::PREFIX) && !bounds.rollup_retention.keeps(map, now) {
             continue;
         }
         match MapShape::of(map) {
-            MapShape::Register => {
-                c.prepare_cached(RAISE_METRIC)?
-                    .execute(params![map, field, by])?;
-            }
+            MapShape::BucketUsers => bucket_users.entry(map).or_default().push(field),
             MapShape::Distinct => users.push(field),
             MapShape::Ranked => usage.push((field, by)),
             MapShape::Summed if bounds::is_capped(map) => {
                 let cap = match caps.get_mut(map) {
                     Some(cap) => cap,
-                    None => caps
-                        .entry(map)
-                        .or_insert(DimensionCap::new(named_fields(c, map)?, bounds)),
+                    None => {
+                        let fields = batch_fields.get(map).copied().unwrap_or(0);
+                        let cap = if map_size(c, map)? + fields <= bounds.max_dimension_values {
+                            None
+                        } else {
+                            Some(DimensionCap::new(named_fields(c, map)?, bounds))
+                        };
+                        caps.entry(map).or_insert(cap)
+                    }
                 };
-                let target = cap.target(map, field, has_field(c, map, field)?);
+                let target = match cap {
+                    None => field,
+                    Some(cap) => cap.target(map, field, has_field(c, map, field)?),
+                };
                 add.execute(params![map, target, by])?;
             }
             MapShape::Summed => {
@@ -63,6 +74,7 @@ pub(super) fn add_metrics(c: &Connection, ctx: &Ctx<'_>, sums: &Sums<'_>) -> Sto
     }
     add_users(c, &users, bounds)?;
     add_usage(c, &usage, bounds)?;
+    bucket_users::add(c, &bucket_users)?;
     Ok(())
 }
 
@@ -259,26 +271,48 @@ pub(super) fn rollups(c: &Connection, range: &RollupRange) -> StoreResult<Bucket
     }
     let first = rollup::map_name(&range.aggregate, range.granularity, range.from);
     let end = rollup::map_name(&range.aggregate, range.granularity, range.to);
+    if range.aggregate == rollup::ACTIVE_USERS {
+        let mut rows = c.prepare_cached(
+            "SELECT map, registers FROM rollup_users WHERE map >= ?1 AND map < ?2",
+        )?;
+        let mut rows = rows.query(params![first, end])?;
+        while let Some(row) = rows.next()? {
+            let map: String = row.get(0)?;
+            let Some((_, _, start)) = rollup::parse(&map) else {
+                continue;
+            };
+            if !range.retention.keeps(&map, range.now) {
+                continue;
+            }
+            let blob: Vec<u8> = row.get(1)?;
+            let registers = bucket_users::decode(&blob)
+                .into_iter()
+                .map(|(register, rank)| (register.to_string(), f64::from(rank)))
+                .collect();
+            out.insert(start, registers);
+        }
+        return Ok(out);
+    }
     let mut rows = c.prepare_cached(
         "SELECT map, field, value FROM metrics WHERE map >= ?1 AND map < ?2 ORDER BY map",
     )?;
     let mut rows = rows.query(params![first, end])?;
-    let mut current: Option<(String, i64)> = None;
+    // The bucket of the rows being read: its name, start and whether it is still kept.
+    let mut current: Option<(String, i64, bool)> = None;
     while let Some(row) = rows.next()? {
         let map: String = row.get(0)?;
         let start = match &current {
-            Some((name, start)) if *name == map => *start,
+            Some((name, start, kept)) if *name == map => kept.then_some(*start),
             _ => {
-                let Some((_, _, start)) = rollup::parse(&map) else {
-                    continue;
-                };
-                current = Some((map.clone(), start));
-                start
+                let kept = range.retention.keeps(&map, range.now);
+                let start = rollup::parse(&map).map(|(_, _, start)| start);
+                current = Some((map, start.unwrap_or(0), kept && start.is_some()));
+                start.filter(|_| kept)
             }
         };
-        if !range.retention.keeps(&map, range.now) {
+        let Some(start) = start else {
             continue;
-        }
+        };
         out.entry(start)
             .or_default()
             .insert(row.get(1)?, row.get(2)?);
@@ -296,11 +330,20 @@ pub(super) fn delete_expired_rollups(
     limit: i64,
 ) -> StoreResult<i64> {
     let mut deleted = 0;
-    let mut delete = c.prepare_cached(
+    let mut delete_fields = c.prepare_cached(
         "DELETE FROM metrics WHERE (map, field) IN
          (SELECT map, field FROM metrics WHERE map >= ?1 AND map < ?2 LIMIT ?3)",
     )?;
+    let mut delete_users = c.prepare_cached(
+        "DELETE FROM rollup_users WHERE map IN
+         (SELECT map FROM rollup_users WHERE map >= ?1 AND map < ?2 LIMIT ?3)",
+    )?;
     for aggregate in rollup::AGGREGATES {
+        let delete = if aggregate == rollup::ACTIVE_USERS {
+            &mut delete_users
+        } else {
+            &mut delete_fields
+        };
         for g in Granularity::ALL {
             if deleted >= limit {
                 return Ok(deleted);

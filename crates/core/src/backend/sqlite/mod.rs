@@ -47,6 +47,7 @@
 //! - One file per operation's SQL: `enqueue.rs`, `claim.rs`, `settle.rs`, `dlq.rs`, and
 //!   `metrics.rs` (recording and reading the aggregates).
 
+mod bucket_users;
 mod claim;
 mod connection;
 mod dlq;

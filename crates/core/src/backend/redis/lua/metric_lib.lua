@@ -15,8 +15,8 @@
 -- (they are read by name, per range): each gets EXPIREAT its start plus
 -- `rollup_expiry[<m|h|d>]` (bucket width + retention), and a bucket already past that on
 -- Redis's clock is not written at all (a late event counts in the totals only). Dimension
--- buckets are capped like their totals map; `registers` buckets hold HyperLogLog registers
--- (field = register, score = rank), raised with ZADD GT. Fields are written in the order they were first added: the caller sends them
+-- buckets are capped like their totals map; a `registers` bucket holds its users' HyperLogLog
+-- registers (member = register, score = rank), raised with ZADD GT. Fields are written in the order they were first added: the caller sends them
 -- sorted by map and field, so maps written together decide alike.
 --
 -- KEYS, ARGV: none of its own; the functions take what they need.
@@ -59,23 +59,6 @@ local function rollup_parts(b, map)
   return aggregate, letter, tonumber(start)
 end
 
--- Whether `map` counts events by type (totals, per-minute maps, rollup buckets).
-local function is_typed(b, map)
-  if b.typed_set[map] or starts_with(map, b.minute_prefix) then
-    return true
-  end
-  local aggregate = rollup_parts(b, map)
-  return aggregate ~= nil and b.typed_set[aggregate] == true
-end
-
-local function is_capped(b, map)
-  if b.capped_set[map] or starts_with(map, b.minute_prefix) then
-    return true
-  end
-  local aggregate = rollup_parts(b, map)
-  return aggregate ~= nil and b.capped_set[aggregate] == true
-end
-
 local function new_metrics()
   return { maps = {}, order = {} }
 end
@@ -98,12 +81,13 @@ local function number(x)
   return string.format('%.17g', x)
 end
 
--- Whether `field` of dimension map `map` keeps its name without taking a slot.
-local function always_named(b, map, field)
+-- Whether `field` of a dimension map keeps its name without taking a slot; `typed`: whether
+-- the map counts events by type.
+local function always_named(b, typed, field)
   if field == b.other then
     return true
   end
-  return is_typed(b, map) and b.known_set[field] == true
+  return typed and b.known_set[field] == true
 end
 
 local function write_distinct(key, m, b)
@@ -140,12 +124,19 @@ local function write_ranked(key, m, b)
   end
 end
 
-local function write_capped(key, map, m, b)
+local function write_capped(key, typed, m, b)
   local named = redis.call('ZCARD', key)
+  if named + #m.order <= b.cap then
+    -- Room for every field, new or not: no field can be turned into `other`.
+    for _, field in ipairs(m.order) do
+      redis.call('ZINCRBY', key, number(m.fields[field]), field)
+    end
+    return
+  end
   if redis.call('ZSCORE', key, b.other) then
     named = named - 1
   end
-  if is_typed(b, map) then
+  if typed then
     for _, t in ipairs(b.known) do
       if redis.call('ZSCORE', key, t) then
         named = named - 1
@@ -154,7 +145,7 @@ local function write_capped(key, map, m, b)
   end
   for _, field in ipairs(m.order) do
     local target = field
-    if not always_named(b, map, field) and not redis.call('ZSCORE', key, field) then
+    if not always_named(b, typed, field) and not redis.call('ZSCORE', key, field) then
       if named < b.cap then
         named = named + 1
       else
@@ -165,6 +156,8 @@ local function write_capped(key, map, m, b)
   end
 end
 
+-- A rollup bucket's distinct users: HyperLogLog registers (member = register, score = rank),
+-- each raised to the rank sent when that is higher (ZADD GT).
 local function write_registers(key, m)
   local chunk = 500 -- registers per ZADD, well below Lua's unpack limit
   local args = {}
@@ -198,6 +191,7 @@ local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute
       end
       expires_at = start + (b.rollup_expiry[letter] or 0)
     end
+    local minute = starts_with(map, b.minute_prefix)
     if expires_at and expires_at <= now then
       -- Past its retention: the late event counts in the totals only.
     else
@@ -207,8 +201,9 @@ local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute
         write_distinct(key, m, b)
       elseif map == b.ranked then
         write_ranked(key, m, b)
-      elseif is_capped(b, map) then
-        write_capped(key, map, m, b)
+      elseif b.capped_set[map] or minute or (aggregate and b.capped_set[aggregate]) then
+        local typed = b.typed_set[map] or minute or (aggregate ~= nil and b.typed_set[aggregate] == true)
+        write_capped(key, typed, m, b)
       else
         for _, field in ipairs(m.order) do
           redis.call('ZINCRBY', key, number(m.fields[field]), field)

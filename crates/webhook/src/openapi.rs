@@ -54,6 +54,44 @@ pub(crate) struct Batch {
     events: Vec<serde_json::Value>,
 }
 
+/// `metric` of `GET /analytics/timeseries`. Documentation only: the handler parses the raw
+/// string itself so that a bad value gets a 400 naming the parameter.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesMetric {
+    Events,
+    Signups,
+    Subscriptions,
+    MrrAdded,
+    UsageEvents,
+    UsageQuantity,
+    ActiveUsers,
+}
+
+/// `granularity` of `GET /analytics/timeseries`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesGranularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// `group_by` of `GET /analytics/timeseries`: `type` (events), `source` or `country`
+/// (signups), `plan` (subscriptions, mrr_added), `feature` (usage_events, usage_quantity).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesDimension {
+    Type,
+    Source,
+    Country,
+    Plan,
+    Feature,
+}
+
 /// The body of `POST /dlq/replay`: exactly one of `event_ids` or `"all": true`.
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(untagged)]
@@ -144,7 +182,12 @@ pub(crate) fn dlq_offset() -> Object {
         crate::admin::purge,
         spec,
     ),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(
+        crate::error::ErrorBody,
+        TimeseriesMetric,
+        TimeseriesGranularity,
+        TimeseriesDimension
+    )),
     modifiers(&CommonAnswers, &AdminToken)
 )]
 pub struct ApiDoc;

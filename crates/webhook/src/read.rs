@@ -190,19 +190,20 @@ pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response,
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct TimeseriesParams {
-    /// `events`, `signups`, `subscriptions`, `mrr_added`, `usage_events`, `usage_quantity` or
-    /// `active_users`.
+    /// What is counted.
+    #[param(value_type = crate::openapi::TimeseriesMetric)]
     metric: Option<String>,
-    /// `minute`, `hour` or `day`.
+    /// The buckets' width.
+    #[param(value_type = crate::openapi::TimeseriesGranularity)]
     granularity: Option<String>,
     /// Start of the range, RFC 3339 (the bucket holding it is the first).
-    #[param(format = DateTime)]
+    #[param(value_type = String, format = DateTime)]
     from: Option<String>,
     /// End of the range, RFC 3339, exclusive; not before `from`.
-    #[param(format = DateTime)]
+    #[param(value_type = String, format = DateTime)]
     to: Option<String>,
-    /// `type` (events), `source` or `country` (signups), `plan` (subscriptions, mrr_added),
-    /// `feature` (usage_events, usage_quantity).
+    /// The dimension to split each bucket by, where the metric has it.
+    #[param(value_type = Option<crate::openapi::TimeseriesDimension>)]
     group_by: Option<String>,
     /// IANA time zone that hour and day buckets are aligned in (default `UTC`).
     tz: Option<String>,

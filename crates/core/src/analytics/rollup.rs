@@ -10,12 +10,14 @@
 //! and forget each bucket once its granularity's [`Retention`] has passed its end.
 //!
 //! Distinct active users per bucket ([`ACTIVE_USERS`] maps, [`super::MapShape::BucketUsers`])
-//! are written as user ids and kept as one HyperLogLog of 2^14 registers per bucket: the
-//! memory and SQLite backends with [`super::hll`]'s hash, Redis with its own `PFADD`. Either
-//! way the standard error is 1.04 / sqrt(2^14) ≈ 0.81%, near exact for small counts (linear
-//! counting). Reads return the registers; registers of several buckets or partitions merge by
-//! maximum into the registers of their union, so a day in any time zone is counted from its
-//! hours without counting a user twice.
+//! are written as user ids and kept by every backend as the set registers of one HyperLogLog
+//! of 2^14 registers per bucket, with [`super::hll`]'s hash: standard error 1.04 / sqrt(2^14)
+//! ≈ 0.81%, near exact for small counts (linear counting). Reads return the registers;
+//! registers of several buckets or partitions merge by maximum into the registers of their
+//! union, so a day in any time zone is counted from its hours without counting a user twice.
+//!
+//! A batch's rollups are summed per bucket and field by [`RollupSums`] in the settle step, from
+//! each [`super::Effect`]'s totals and event time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -24,7 +26,7 @@ use super::{maps, Increment, StoredMetrics, MINUTE_WINDOW};
 /// Start of every rollup map name.
 pub const PREFIX: &str = "ru:";
 
-/// The aggregate of the per-bucket distinct users (HyperLogLog registers).
+/// The aggregate of the per-bucket distinct users (HyperLogLog registers when read).
 pub const ACTIVE_USERS: &str = "active_users";
 
 /// The totals maps that are rolled up, by the same name; plus [`ACTIVE_USERS`].

@@ -254,6 +254,8 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
+            // Days and hours on the page are local: one zone, whatever the machine's.
+            .env("TZ", "UTC")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -573,6 +575,110 @@ fn dashboard_shows_what_was_sent_and_follows_new_events_without_a_reload() {
     let path = target_dir().join("dashboard-screenshot.png");
     std::fs::write(&path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     println!("screenshot: {}", path.display());
+}
+
+/// The 7-day view after signups with timestamps on three past days: exactly three bars, at
+/// the right days, with heights in proportion to the counts the test sent.
+#[test]
+fn the_seven_day_view_shows_a_bar_per_past_day_with_the_right_height() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let p = Pipeline::sqlite();
+    let _orchestrator = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+
+    // Noon UTC stays on the same calendar day in any zone within ±11 h of UTC.
+    let today = chrono::Utc::now().date_naive();
+    let sent: [(i64, u64); 3] = [(2, 3), (3, 1), (5, 2)];
+    let mut total = 0;
+    for (days_ago, count) in sent {
+        let noon = (today - chrono::Duration::days(days_ago))
+            .and_hms_opt(12, 0, 0)
+            .expect("noon")
+            .and_utc();
+        for i in 0..count {
+            let mut e = event(
+                &format!("hist-{days_ago}-{i}"),
+                "user_signup",
+                json!({"source": "organic", "country": "US"}),
+            );
+            e["timestamp"] = json!(noon.to_rfc3339());
+            let (status, body) = p.post("/webhook/events", &e);
+            assert_eq!(status, 202, "{body}");
+            total += 1;
+        }
+    }
+    p.wait_stat("processed", total, START);
+
+    let browser = Browser::launch(&chromium, &p.url("/dashboard"));
+    let mut tab = browser.tab("/dashboard");
+    // The reader clicks "7 days" once the page has loaded.
+    let click = r#"(() => {
+      const b = document.querySelector('[data-testid="range-7d"]');
+      if (!b) return false;
+      b.click();
+      return true;
+    })()"#;
+    let deadline = Instant::now() + PAGE;
+    while tab.eval(click) != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the range selector never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read_bars = r#"(() => {
+      const h = document.querySelector('[data-testid="history"]');
+      if (!h || h.dataset.range !== '7d') return null;
+      return [...document.querySelectorAll('[data-testid="history-signups"] [data-testid="bar-signups"]')]
+        .map((b) => ({ start: b.dataset.start, value: Number(b.dataset.value), height: Number(b.getAttribute('height')) }));
+    })()"#;
+    let deadline = Instant::now() + PAGE;
+    let bars = loop {
+        let bars = tab.eval(read_bars);
+        let shown: u64 = bars
+            .as_array()
+            .map(|b| b.iter().filter_map(|x| x["value"].as_u64()).sum())
+            .unwrap_or(0);
+        if shown == total {
+            break bars;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 7-day view did not show {total} signups: {bars:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shown = bars.clone();
+    let bars = bars.as_array().expect("bars");
+    assert_eq!(bars.len(), 7, "one bar slot per day: {shown:#}");
+    let tall: Vec<&Value> = bars
+        .iter()
+        .filter(|b| b["height"].as_f64() > Some(0.0))
+        .collect();
+    assert_eq!(tall.len(), 3, "three days have signups: {shown:#}");
+    // Oldest first: 5, 3 and 2 days ago, so the slots are 1, 3 and 4 of 0..7.
+    let by_slot: Vec<u64> = bars
+        .iter()
+        .map(|b| b["value"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(by_slot, [0, 2, 0, 1, 3, 0, 0], "{shown:#}");
+    let peak = tall
+        .iter()
+        .map(|b| b["height"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    for b in &tall {
+        let (value, height) = (b["value"].as_f64().unwrap(), b["height"].as_f64().unwrap());
+        assert!(
+            (height / peak - value / 3.0).abs() < 0.02,
+            "bar of {value} is {height}px against a peak of {peak}px: {shown:#}"
+        );
+    }
+    let label = tab.eval(
+        "document.querySelector('.kpi [data-testid=\"subscriptions-total\"]').closest('.kpi').querySelector('.label').textContent.trim()",
+    );
+    assert_eq!(label, "Subscriptions created");
 }
 
 #[test]

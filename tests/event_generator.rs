@@ -188,3 +188,54 @@ fn json_document(output: &str) -> Option<Value> {
         .next()?
         .ok()
 }
+
+/// `backfill` sends each past day's events with that day's timestamps: once processed, the
+/// day buckets of `/analytics/timeseries` hold exactly what it reports per day.
+#[test]
+fn a_backfill_fills_the_day_buckets_it_reports() {
+    let (p, _orchestrator) = start_pipeline(false);
+    let url = p.url("");
+    let run = generator(
+        &p,
+        &[
+            "backfill",
+            "--days",
+            "4",
+            "--events-per-day",
+            "60",
+            "--batch-size",
+            "50",
+            "--url",
+            &url,
+            "--json",
+        ],
+        RUN,
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let doc = json_document(&run.output).unwrap_or_else(|| panic!("no JSON document: {run}"));
+    assert_eq!(doc["sent"], 240, "{doc}");
+    assert_eq!(doc["accepted"], 240, "{doc}");
+    p.wait_stat("processed", 240, START);
+    let per_day = doc["per_day"].as_object().expect("per_day");
+    let first = per_day.keys().next().expect("a day");
+    let series = p.get_ok(&format!(
+        "/analytics/timeseries?metric=events&granularity=day&from={first}T00:00:00Z&to={}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ));
+    let got: Vec<(String, u64)> = series["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| {
+            (
+                b["start"].as_str().unwrap_or("")[..10].to_string(),
+                b["value"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = per_day
+        .iter()
+        .map(|(day, n)| (day.clone(), n.as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(got, want, "{series}");
+}

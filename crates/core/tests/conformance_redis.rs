@@ -151,6 +151,7 @@ async fn every_key_shares_the_prefix_hash_tag() {
             "k1" => Settlement::Ack {
                 effect: Some(pipeline_core::analytics::Effect {
                     event_id: d.event_id.clone(),
+                    event_time: None,
                     increments: vec![pipeline_core::analytics::Increment::new(
                         &pipeline_core::analytics::maps::per_minute(1),
                         "user_signup",

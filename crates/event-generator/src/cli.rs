@@ -65,6 +65,9 @@ pub enum Command {
     Invalid,
     /// Sustained load at a fixed rate (open loop) or flat out (--rate 0, closed loop)
     Load(LoadArgs),
+    /// Events with past timestamps spread over the last --days days, so the timeseries API
+    /// and the dashboard's history have a month to show in a minute
+    Backfill(BackfillArgs),
     /// Every scenario in turn (the default; not load)
     All,
 }
@@ -91,6 +94,23 @@ pub struct LoadArgs {
     /// drain time and end-to-end latency from /stats
     #[arg(long)]
     pub verify: bool,
+}
+
+/// Shape of a `backfill` run.
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Days of history, today included (oldest first)
+    #[arg(long, value_name = "D", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// Events per day, spread at random over the day (today's only up to now)
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub events_per_day: u64,
+    /// Events per /webhook/batch request (at most the webhook's DAY15_MAX_BATCH_EVENTS)
+    #[arg(long, value_name = "B", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// Requests in flight at most
+    #[arg(long, value_name = "C", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 }
 
 /// A duration as `10` (seconds), `10s`, `500ms`, `2m` or `1h`; decimals allowed.

@@ -1,9 +1,11 @@
 //! The event generator: drives a running webhook pipeline with named scenarios that check
-//! their outcome end to end (README, "Try it"), or with sustained open- or closed-loop load.
+//! their outcome end to end (README, "Try it"), with sustained open- or closed-loop load, or
+//! with a backfill of past days.
 //!
 //! The binary only parses the command line and calls [`run`]; everything else lives here so
 //! tests and benchmarks can use the parts.
 
+pub mod backfill;
 pub mod cli;
 pub mod client;
 pub mod events;
@@ -69,6 +71,7 @@ pub async fn run(cli: Cli) -> i32 {
     };
     let pool = match &cli.command {
         Some(Command::Load(args)) => usize::from(args.concurrency),
+        Some(Command::Backfill(args)) => usize::from(args.concurrency),
         _ => SCENARIO_POOL,
     };
     let client = match WebhookClient::new(base, signer, pool) {
@@ -100,6 +103,9 @@ pub async fn run(cli: Cli) -> i32 {
             pipeline_core::runtime::cancel_on_signals(cancel.clone());
             let plan = load::LoadPlan::new(args, common.timeout);
             return load::run(client, plan, seed, run_nonce, common.json, cancel).await;
+        }
+        Some(Command::Backfill(args)) => {
+            return backfill::run(client, args, seed, run_nonce, common.json).await;
         }
         None | Some(Command::All) => Scenario::ALL.to_vec(),
         Some(Command::Basic) => vec![Scenario::Basic],

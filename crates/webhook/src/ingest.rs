@@ -161,7 +161,11 @@ async fn ingest_event(
     let hint = id_hint(&value);
     let mut event =
         Event::from_value(value).map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
-    event.stamp_received_at(chrono::Utc::now());
+    let now = chrono::Utc::now();
+    event
+        .check_future_skew(now, state.config().max_future_skew)
+        .map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
+    event.stamp_received_at(now);
     let queued = QueuedEvent::of(&event);
 
     let delivery = delivery_id(&mark);
@@ -334,7 +338,16 @@ async fn ingest_batch(
     let mut queued = Vec::with_capacity(total_events);
     let mut kinds: Vec<(String, EventId)> = Vec::with_capacity(total_events);
     let mut error_details = Vec::new();
-    for item in judged {
+    let max_skew = state.config().max_future_skew;
+    for (index, item) in judged.into_iter().enumerate() {
+        let item = item.and_then(|event| match event.check_future_skew(now, max_skew) {
+            Ok(()) => Ok(event),
+            Err(error) => Err(RefusedEvent {
+                index,
+                event_id: Some(event.id.to_string()),
+                error,
+            }),
+        });
         match item {
             Ok(mut event) => {
                 event.stamp_received_at(now);

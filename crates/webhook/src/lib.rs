@@ -292,6 +292,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(read::stats))
         .route("/metrics", get(read::metrics))
         .route("/analytics", get(read::analytics))
+        .route("/analytics/timeseries", get(read::timeseries))
         .route("/dlq", get(read::dlq_list))
         .route("/dlq/replay", post(admin::replay))
         .route("/dlq/purge", post(admin::purge))

@@ -31,7 +31,8 @@ pub(crate) struct Event {
         max_length = 64
     )]
     event_type: String,
-    /// An RFC 3339 date-time; not compared with the clock.
+    /// An RFC 3339 date-time, the event time the rollups bucket by; at most
+    /// DAY15_MAX_FUTURE_SKEW_SECONDS (default 300) ahead of the webhook's clock.
     #[schema(format = DateTime)]
     timestamp: String,
     /// At most 128 characters, no control characters.
@@ -51,6 +52,44 @@ pub(crate) struct Event {
 pub(crate) struct Batch {
     #[schema(min_items = 1, value_type = Vec<Value>)]
     events: Vec<serde_json::Value>,
+}
+
+/// `metric` of `GET /analytics/timeseries`. Documentation only: the handler parses the raw
+/// string itself so that a bad value gets a 400 naming the parameter.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesMetric {
+    Events,
+    Signups,
+    Subscriptions,
+    MrrAdded,
+    UsageEvents,
+    UsageQuantity,
+    ActiveUsers,
+}
+
+/// `granularity` of `GET /analytics/timeseries`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesGranularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// `group_by` of `GET /analytics/timeseries`: `type` (events), `source` or `country`
+/// (signups), `plan` (subscriptions, mrr_added), `feature` (usage_events, usage_quantity).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TimeseriesDimension {
+    Type,
+    Source,
+    Country,
+    Plan,
+    Feature,
 }
 
 /// The body of `POST /dlq/replay`: exactly one of `event_ids` or `"all": true`.
@@ -135,6 +174,7 @@ pub(crate) fn dlq_offset() -> Object {
         crate::read::stats,
         crate::read::metrics,
         crate::read::analytics,
+        crate::read::timeseries,
         crate::dashboard::stream,
         crate::dashboard::page,
         crate::read::dlq_list,
@@ -142,7 +182,12 @@ pub(crate) fn dlq_offset() -> Object {
         crate::admin::purge,
         spec,
     ),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(
+        crate::error::ErrorBody,
+        TimeseriesMetric,
+        TimeseriesGranularity,
+        TimeseriesDimension
+    )),
     modifiers(&CommonAnswers, &AdminToken)
 )]
 pub struct ApiDoc;

@@ -1,4 +1,5 @@
-//! Read endpoints (docs/api.md): `/health`, `/stats`, `/metrics`, `/analytics`, `/dlq`.
+//! Read endpoints (docs/api.md): `/health`, `/stats`, `/metrics`, `/analytics`,
+//! `/analytics/timeseries`, `/dlq`.
 //!
 //! Figures are pipeline-wide, read from the backend (so they include every webhook and
 //! consumer), plus this process's counts not flushed yet. Every backend read is bounded by
@@ -9,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use pipeline_core::analytics::timeseries::{RawParameters, Timeseries, TimeseriesQuery};
 use pipeline_core::analytics::{AnalyticsSnapshot, StoredMetrics};
 use pipeline_core::backend::{DeadLetter, Depths, Topology};
 use pipeline_core::event::format_received_at;
@@ -193,6 +195,66 @@ pub(crate) async fn analytics(State(state): State<AppState>) -> Result<Response,
         chrono::Utc::now(),
     ))
     .into_response())
+}
+
+/// Raw query of `/analytics/timeseries`; every rule is checked by hand so a bad value gets a
+/// 400 naming its parameter.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TimeseriesParams {
+    /// What is counted.
+    #[param(value_type = crate::openapi::TimeseriesMetric)]
+    metric: Option<String>,
+    /// The buckets' width.
+    #[param(value_type = crate::openapi::TimeseriesGranularity)]
+    granularity: Option<String>,
+    /// Start of the range, RFC 3339 (the bucket holding it is the first).
+    #[param(value_type = String, format = DateTime)]
+    from: Option<String>,
+    /// End of the range, RFC 3339, exclusive; not before `from`.
+    #[param(value_type = String, format = DateTime)]
+    to: Option<String>,
+    /// The dimension to split each bucket by, where the metric has it.
+    #[param(value_type = Option<crate::openapi::TimeseriesDimension>)]
+    group_by: Option<String>,
+    /// IANA time zone that hour and day buckets are aligned in (default `UTC`).
+    tz: Option<String>,
+}
+
+/// `GET /analytics/timeseries`: one metric per bucket of event time (docs/api.md).
+#[utoipa::path(
+    get,
+    path = "/analytics/timeseries",
+    params(TimeseriesParams),
+    responses(
+        (status = 200, description = "every bucket of the range, oldest first", body = Timeseries),
+        (status = 400, description = "`invalid_parameter`: `details` names the parameter", body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn timeseries(
+    State(state): State<AppState>,
+    params: Result<Query<TimeseriesParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request("invalid_parameter", "", e.body_text(), e.body_text())
+    })?;
+    let raw = RawParameters {
+        metric: params.metric.as_deref(),
+        granularity: params.granularity.as_deref(),
+        from: params.from.as_deref(),
+        to: params.to.as_deref(),
+        group_by: params.group_by.as_deref(),
+        tz: params.tz.as_deref(),
+    };
+    let query = TimeseriesQuery::parse(&raw, &state.config().rollup_retention, chrono::Utc::now())
+        .map_err(|p| {
+            let message = format!("{}: {}", p.parameter, p.problem);
+            ApiError::bad_request("invalid_parameter", p.parameter, p.problem, message)
+        })?;
+    let series = state
+        .call("rollups", query.run(state.backend().as_ref()))
+        .await?;
+    Ok(Json(series).into_response())
 }
 
 /// Default and largest page of `/dlq`.

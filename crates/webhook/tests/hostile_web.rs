@@ -118,6 +118,16 @@ impl Backend for Instrumented {
         self.connection(true).await;
         self.inner.metrics().await
     }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: pipeline_core::analytics::rollup::Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<pipeline_core::analytics::rollup::Buckets> {
+        self.inner.rollups(aggregate, granularity, from, to).await
+    }
 }
 
 /// An open `GET /analytics/stream` that has received its first snapshot.

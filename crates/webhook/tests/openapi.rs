@@ -35,6 +35,7 @@ fn contract_is_openapi_3_1_and_lists_every_route() {
         ("/stats", "get"),
         ("/metrics", "get"),
         ("/analytics", "get"),
+        ("/analytics/timeseries", "get"),
         ("/analytics/stream", "get"),
         ("/dashboard", "get"),
         ("/dlq", "get"),

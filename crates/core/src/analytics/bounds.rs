@@ -16,6 +16,7 @@
 //!   fewer users are tracked; when full a new user replaces the smallest entry and inherits its
 //!   count (an overestimate of at most that smallest count).
 
+use super::rollup::{self, Retention};
 use super::{maps, Sums};
 use crate::event::{SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
 
@@ -31,6 +32,8 @@ pub struct Bounds {
     pub exact_distinct_users: usize,
     /// Users the top-users ranking tracks (K of the Space-Saving top-K).
     pub top_users_tracked: usize,
+    /// How long rollup buckets are kept, per granularity ([`rollup`]).
+    pub rollup_retention: Retention,
 }
 
 /// Default of [`Bounds::max_dimension_values`].
@@ -46,6 +49,7 @@ impl Default for Bounds {
             max_dimension_values: DEFAULT_MAX_DIMENSION_VALUES,
             exact_distinct_users: DEFAULT_EXACT_DISTINCT_USERS,
             top_users_tracked: DEFAULT_TOP_USERS_TRACKED,
+            rollup_retention: Retention::default(),
         }
     }
 }
@@ -66,23 +70,31 @@ pub const CAPPED_MAPS: [&str; 7] = [
 /// by-type maps, so junk types sent first can never push them into [`OTHER`].
 pub const KNOWN_TYPES: [&str; 3] = [USER_SIGNUP, SUBSCRIPTION_CREATED, USAGE_TRACKED];
 
-/// Whether `map` is a dimension map (the per-minute maps, by type, included).
+/// Whether `map` is a dimension map (the per-minute maps, by type, and every rollup bucket of
+/// a dimension map included: each bucket is capped on its own).
 pub fn is_capped(map: &str) -> bool {
-    CAPPED_MAPS.contains(&map) || map.starts_with(maps::PER_MINUTE_PREFIX)
+    CAPPED_MAPS.contains(&map)
+        || map.starts_with(maps::PER_MINUTE_PREFIX)
+        || rollup::aggregate_of(map).is_some_and(|a| CAPPED_MAPS.contains(&a))
+}
+
+/// Whether `map` counts events by type (the totals, per-minute maps and their rollups).
+fn is_by_type(map: &str) -> bool {
+    map == maps::EVENTS_BY_TYPE
+        || map.starts_with(maps::PER_MINUTE_PREFIX)
+        || rollup::aggregate_of(map) == Some(maps::EVENTS_BY_TYPE)
 }
 
 /// Whether `field` of dimension map `map` keeps its name without taking a slot: [`OTHER`]
 /// itself, and the [`KNOWN_TYPES`] in the by-type maps.
 pub fn always_named(map: &str, field: &str) -> bool {
-    field == OTHER
-        || ((map == maps::EVENTS_BY_TYPE || map.starts_with(maps::PER_MINUTE_PREFIX))
-            && KNOWN_TYPES.contains(&field))
+    field == OTHER || (is_by_type(map) && KNOWN_TYPES.contains(&field))
 }
 
 /// Every field of `map` that is [`always_named`]: a map's named count is its size minus those
 /// it holds, found without reading all its fields.
 pub fn always_named_fields(map: &str) -> impl Iterator<Item = &'static str> {
-    let typed = map == maps::EVENTS_BY_TYPE || map.starts_with(maps::PER_MINUTE_PREFIX);
+    let typed = is_by_type(map);
     std::iter::once(OTHER).chain(KNOWN_TYPES.into_iter().filter(move |_| typed))
 }
 
@@ -173,5 +185,12 @@ mod tests {
         assert!(!is_capped(maps::COUNTERS));
         assert!(!is_capped(maps::LATENCY_E2E));
         assert!(is_capped(&maps::per_minute(5)));
+        let hourly = rollup::map_name(maps::EVENTS_BY_TYPE, rollup::Granularity::Hour, 0);
+        assert!(is_capped(&hourly) && always_named(&hourly, USER_SIGNUP));
+        assert!(!is_capped(&rollup::map_name(
+            rollup::ACTIVE_USERS,
+            rollup::Granularity::Hour,
+            0
+        )));
     }
 }

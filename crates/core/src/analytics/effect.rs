@@ -57,7 +57,9 @@ fn quantity(event: &Event) -> u64 {
         .unwrap_or(1)
 }
 
-/// The increments of applying `event` at `applied_at`.
+/// The increments of applying `event` at `applied_at`: the totals, and the event time their
+/// rollups count at (the event's `timestamp`; `applied_at` for an event without one), so one
+/// atomic settle applies both (see [`super::rollup`]).
 pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     let meta = event.metadata();
     let text = |k: &str| {
@@ -70,7 +72,6 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     let mut inc = vec![
         Increment::counter(counters::PROCESSED),
         Increment::new(maps::EVENTS_BY_TYPE, t, 1.0),
-        Increment::new(&maps::per_minute(applied_at.timestamp() / 60), t, 1.0),
     ];
     if let Some(user) = &event.user_id {
         inc.push(Increment::new(maps::USERS, user.clone(), 1.0));
@@ -129,5 +130,6 @@ pub fn effect_of(event: &Event, applied_at: DateTime<Utc>) -> Effect {
     Effect {
         event_id: event.id.clone(),
         increments: inc,
+        event_time: Some(event.timestamp().unwrap_or(applied_at).timestamp()),
     }
 }

@@ -1,5 +1,7 @@
 //! A HyperLogLog distinct counter with 2^14 one-byte registers (16 KB), for the SQLite and
-//! memory backends (Redis counts with its own `PFADD`/`PFCOUNT`).
+//! memory backends' all-time distinct users (Redis counts those with its own
+//! `PFADD`/`PFCOUNT`) and for every backend's rollup buckets (their registers, merged across
+//! buckets and partitions, see [`super::rollup`]).
 //!
 //! The hash must stay the same across builds: registers written to a SQLite file by one
 //! release are read and extended by the next. So it is FNV-1a (64 bit) followed by the

@@ -10,6 +10,8 @@
 //! - [`counting`]: what settling a failed attempt counts, the one home of those rules.
 //! - [`stored`]: increments summed and stored, and how each map is read back.
 //! - [`snapshot`]: the `/analytics` document shaped from the stored maps.
+//! - [`rollup`]: the same maps per minute, hour and day of event time, with their retention.
+//! - [`timeseries`]: a range of rollup buckets in a time zone, for `/analytics/timeseries`.
 //! - [`bounds`], [`hll`]: the caps that keep the stored maps bounded.
 
 use crate::event::EventId;
@@ -19,8 +21,10 @@ pub mod bounds;
 pub mod counting;
 pub mod effect;
 pub mod hll;
+pub mod rollup;
 pub mod snapshot;
 pub mod stored;
+pub mod timeseries;
 
 pub use bounds::Bounds;
 
@@ -175,7 +179,24 @@ impl Increment {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effect {
     pub event_id: EventId,
+    /// The totals.
     pub increments: Vec<Increment>,
+    /// Unix second of the event's `timestamp`: the rolled-up increments (and the user) also
+    /// count in that instant's minute, hour and day buckets, summed per batch by
+    /// [`rollup::RollupSums`] in the same atomic step. `None`: no rollups.
+    pub event_time: Option<i64>,
+}
+
+impl Effect {
+    /// The totals and every rollup increment, one event on its own (where a batch is not
+    /// folded first).
+    pub fn all_increments(&self) -> Vec<Increment> {
+        let mut rollups = rollup::RollupSums::default();
+        rollups.add(self);
+        let mut all = self.increments.clone();
+        all.extend(rollups.increments());
+        all
+    }
 }
 
 pub use counting::FailureCounts;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
+use super::rollup::{self, Granularity};
 use super::{counters, maps, StoredMetrics, MINUTE_WINDOW};
 use crate::event::{SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
 use crate::latency::{self, Percentiles};
@@ -79,7 +80,8 @@ pub struct AnalyticsSnapshot {
     pub signups: Signups,
     pub subscriptions: Subscriptions,
     pub usage: Usage,
-    /// The last [`MINUTE_WINDOW`] minutes, oldest first, including empty minutes.
+    /// The last [`MINUTE_WINDOW`] minutes of event time, oldest first, including empty minutes:
+    /// the minute rollup of events by type.
     pub events_per_minute: Vec<MinuteCounts>,
     pub end_to_end_latency: Percentiles,
 }
@@ -133,7 +135,11 @@ impl AnalyticsSnapshot {
         let this_minute = now.timestamp() / 60;
         let events_per_minute = (this_minute - MINUTE_WINDOW + 1..=this_minute)
             .map(|minute| {
-                let by_type = counts(m.map(&maps::per_minute(minute)));
+                let by_type = counts(m.map(&rollup::map_name(
+                    maps::EVENTS_BY_TYPE,
+                    Granularity::Minute,
+                    minute * 60,
+                )));
                 MinuteCounts {
                     minute: Utc
                         .timestamp_opt(minute * 60, 0)

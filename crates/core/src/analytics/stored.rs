@@ -13,6 +13,10 @@ pub enum MapShape {
     Distinct,
     /// Only the [`TOP_USERS`] largest fields ([`maps::USAGE_BY_USER`]).
     Ranked,
+    /// The distinct users of one rollup bucket ([`super::rollup::ACTIVE_USERS`]): written with
+    /// the user id as field, kept by the backend as a HyperLogLog, read back as its registers
+    /// (field = register, value = rank; registers merge by maximum).
+    BucketUsers,
 }
 
 impl MapShape {
@@ -21,6 +25,7 @@ impl MapShape {
         match name {
             maps::USERS => MapShape::Distinct,
             maps::USAGE_BY_USER => MapShape::Ranked,
+            _ if super::rollup::is_register_map(name) => MapShape::BucketUsers,
             _ => MapShape::Summed,
         }
     }
@@ -110,7 +115,7 @@ impl StoredMetrics {
         let mut snapshot = StoredMetrics::default();
         for (name, map) in all {
             match MapShape::of(name) {
-                MapShape::Summed => {
+                MapShape::Summed | MapShape::BucketUsers => {
                     snapshot.maps.insert(name.clone(), map.clone());
                 }
                 MapShape::Distinct => snapshot.distinct_users = map.len() as u64,

@@ -14,7 +14,7 @@ fn event(v: serde_json::Value) -> Event {
 
 #[test]
 fn a_known_mix_gives_the_expected_aggregates() {
-    let now = Utc::now();
+    let now = "2025-12-16T10:00:30Z".parse().unwrap();
     let events = [
         json!({"event_id":"a","event_type":"user_signup","user_id":"u1","timestamp":"2025-12-16T10:00:00Z","metadata":{"source":"organic","country":"US"}}),
         json!({"event_id":"b","event_type":"subscription_created","user_id":"u1","timestamp":"2025-12-16T10:00:00Z","metadata":{"plan":"pro","amount":120.0,"billing_cycle":"annual"}}),
@@ -25,7 +25,7 @@ fn a_known_mix_gives_the_expected_aggregates() {
     ];
     let mut stored = Maps::new();
     for e in events {
-        add_to_maps(&mut stored, &effect_of(&event(e), now).increments);
+        add_to_maps(&mut stored, &effect_of(&event(e), now).all_increments());
     }
     let m = StoredMetrics::from_maps(&stored);
 
@@ -78,7 +78,11 @@ fn a_poisoned_store_reads_back_as_plain_numbers() {
         maps::USAGE_QUANTITY_BY_FEATURE.into(),
         fields(&[("x", huge), ("y", huge)]),
     );
-    let minute = maps::per_minute(Utc::now().timestamp() / 60);
+    let minute = rollup::map_name(
+        maps::EVENTS_BY_TYPE,
+        rollup::Granularity::Minute,
+        Utc::now().timestamp() / 60 * 60,
+    );
     m.maps
         .insert(minute, fields(&[("t1", f64::INFINITY), ("t2", huge)]));
     let a = AnalyticsSnapshot::from_metrics(&m, Utc::now());
@@ -116,7 +120,7 @@ fn totals_of_events_at_the_bounds_are_exact() {
             json!({"event_id": format!("e{i}"), "event_type": t, "user_id": "u",
                              "timestamp": "2025-12-16T10:00:00Z", "metadata": metadata}),
         );
-        add_to_maps(&mut stored, &effect_of(&e, now).increments);
+        add_to_maps(&mut stored, &effect_of(&e, now).all_increments());
     }
     let over = json!({"event_id": "o", "event_type": USAGE_TRACKED,
                       "timestamp": "2025-12-16T10:00:00Z",

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::rollup::{Buckets, Granularity};
 use crate::analytics::{Bounds, Effect, Increment, StoredMetrics};
 use crate::config::{BackendKind, Config};
 use crate::event::EventId;
@@ -48,6 +49,7 @@ impl BackendOptions {
             idempotency_ttl: config.idempotency_ttl,
             bounds: Bounds {
                 max_dimension_values: config.max_dimension_values,
+                rollup_retention: config.rollup_retention,
                 ..Bounds::default()
             },
         }
@@ -378,8 +380,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds to metric maps outside any delivery (webhook counters and ingest latencies).
     async fn record(&self, increments: Vec<Increment>) -> BackendResult<()>;
 
-    /// Every metric map, shaped as [`StoredMetrics`] documents.
+    /// Every metric map, shaped as [`StoredMetrics`] documents. Rollup buckets are not listed,
+    /// except the minute buckets of events by type of the last
+    /// [`crate::analytics::MINUTE_WINDOW`] minutes (`/analytics`' per-minute section).
     async fn metrics(&self) -> BackendResult<StoredMetrics>;
+
+    /// The rollup buckets of `aggregate` (see [`crate::analytics::rollup`]) at `granularity`
+    /// whose start (unix seconds) is in `from..to`, as stored, merged across partitions
+    /// (fields summed, registers by maximum, dimension caps applied once more). Buckets past
+    /// their retention are never returned, even before the backend has deleted them.
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<Buckets>;
 
     /// How a backend spread over servers is laid out and how much of it answers (`/health`);
     /// `None` for a backend that lives in one place.

@@ -43,6 +43,13 @@ pub struct Config {
     /// Named values kept per analytics dimension map; later new values count as `other`.
     /// Read by every backend.
     pub max_dimension_values: usize,
+    /// How long rollup buckets are kept per granularity (`DAY15_ROLLUP_*_RETENTION_*`). Read
+    /// by every backend and by the timeseries query, which refuses a range retention does not
+    /// reach.
+    pub rollup_retention: crate::analytics::rollup::Retention,
+    /// Largest distance an event's `timestamp` may be ahead of the webhook's clock
+    /// (`DAY15_MAX_FUTURE_SKEW_SECONDS`).
+    pub max_future_skew: Duration,
     /// Consumer processes (or tasks, on the memory backend) the orchestrator runs.
     pub consumers: usize,
     /// How long a stop waits for processes to finish before killing them.

@@ -12,6 +12,7 @@ use super::{
     BackendKind, Config, ConsumerConfig, DashboardConfig, HttpConfig, LogFormat, LogLevel,
     LoggingConfig, RedisConfig, RedisMode, RedisTlsFiles, SqliteConfig, SqliteSynchronous,
 };
+use crate::analytics::rollup::Retention;
 
 /// One bad variable: what it was set to and what would have been accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +276,12 @@ impl Config {
             visibility_timeout: v.duration("DAY15_VISIBILITY_TIMEOUT_SECONDS"),
             idempotency_ttl: v.duration("DAY15_IDEMPOTENCY_TTL_HOURS"),
             max_dimension_values: v.int("DAY15_MAX_DIMENSION_VALUES"),
+            rollup_retention: Retention {
+                minute_seconds: v.int::<i64>("DAY15_ROLLUP_MINUTE_RETENTION_HOURS") * 3_600,
+                hour_seconds: v.int::<i64>("DAY15_ROLLUP_HOUR_RETENTION_DAYS") * 86_400,
+                day_seconds: v.int::<i64>("DAY15_ROLLUP_DAY_RETENTION_DAYS") * 86_400,
+            },
+            max_future_skew: Duration::from_secs(v.int("DAY15_MAX_FUTURE_SKEW_SECONDS")),
             consumers: v.int("DAY15_CONSUMERS"),
             shutdown_timeout: v.duration("DAY15_SHUTDOWN_TIMEOUT_SECONDS"),
             sqlite: SqliteConfig {

@@ -266,6 +266,36 @@ impl Event {
             .insert("received_at".into(), Value::String(format_received_at(at)));
     }
 
+    /// The event's `timestamp` in UTC, when present and parseable (validation requires it): the
+    /// event time the rollups bucket by.
+    pub fn timestamp(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let s = self.body.get("timestamp")?.as_str()?;
+        let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+        Some(t.with_timezone(&chrono::Utc))
+    }
+
+    /// Refuses an event whose `timestamp` is more than `max_skew` after `now`
+    /// (`DAY15_MAX_FUTURE_SKEW_SECONDS`): checked when the event is received, so a sender's
+    /// clock running ahead cannot fill buckets of a future the rollups would keep.
+    pub fn check_future_skew(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        max_skew: std::time::Duration,
+    ) -> Result<(), ValidationError> {
+        let skew = chrono::Duration::from_std(max_skew).unwrap_or(chrono::Duration::MAX);
+        match self.timestamp() {
+            Some(t) if t.signed_duration_since(now) > skew => {
+                let mut err = ValidationError::default();
+                err.push(
+                    "timestamp",
+                    format!("is more than {} seconds in the future", max_skew.as_secs()),
+                );
+                Err(err)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `received_at` in microseconds since the epoch, when present and parseable.
     pub fn received_at_micros(&self) -> Option<i64> {
         let s = self.body.get("received_at")?.as_str()?;

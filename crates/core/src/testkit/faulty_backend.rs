@@ -183,4 +183,15 @@ impl Backend for FaultyBackend {
         self.gate().await?;
         self.inner.metrics().await
     }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: crate::analytics::rollup::Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<crate::analytics::rollup::Buckets> {
+        self.gate().await?;
+        self.inner.rollups(aggregate, granularity, from, to).await
+    }
 }

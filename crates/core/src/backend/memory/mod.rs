@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::analytics::rollup::{self, Granularity};
 use crate::analytics::{counters, maps, TOP_USERS};
 
 mod state;
@@ -211,7 +212,7 @@ impl Backend for MemoryBackend {
                             .is_some_and(|&exp| exp > now);
                         if !done {
                             st.processed.insert(effect.event_id.clone(), applied_until);
-                            st.add(&effect.increments, &self.options.bounds);
+                            st.add(&effect.all_increments(), &self.options.bounds);
                         }
                     }
                 }
@@ -308,11 +309,38 @@ impl Backend for MemoryBackend {
     }
 
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
+        let now = Self::now() / 1_000;
         let st = self.lock();
         let mut snapshot = StoredMetrics::from_maps(&st.metrics);
         snapshot.distinct_users = st.users.count(&self.options.bounds);
         snapshot.top_users = st.top_users.top(TOP_USERS);
+        let minutes = st.rollups(
+            maps::EVENTS_BY_TYPE,
+            Granularity::Minute,
+            rollup::minute_window(now),
+            &self.options.bounds.rollup_retention,
+            now,
+        );
+        rollup::add_minutes(&mut snapshot, minutes);
         Ok(snapshot)
+    }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<rollup::Buckets> {
+        let now = Self::now() / 1_000;
+        let st = self.lock();
+        Ok(st.rollups(
+            aggregate,
+            granularity,
+            (from, to),
+            &self.options.bounds.rollup_retention,
+            now,
+        ))
     }
 }
 
@@ -327,6 +355,7 @@ mod tests {
                 max_dimension_values: 3,
                 exact_distinct_users: 100,
                 top_users_tracked: 50,
+                ..Bounds::default()
             },
             ..BackendOptions::default()
         });

@@ -5,7 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use super::super::*;
 use super::users::{DistinctUsers, TopUsers};
 use crate::analytics::bounds::{self, DimensionCap};
+use crate::analytics::rollup::{self, Granularity};
 use crate::analytics::{maps, Bounds, MapShape, Maps, Sums};
+
+/// Expired rollup buckets deleted per [`State::add`] at most: retention never holds the lock
+/// for long.
+const PRUNE_PER_ADD: usize = 64;
 
 /// One queued event.
 pub(super) struct Entry {
@@ -36,8 +41,10 @@ pub(super) struct State {
     /// (due ms, key) of entries waiting for a retry.
     pub(super) delayed: BTreeSet<(i64, u64)>,
     pub(super) dlq: Vec<DeadLetter>,
-    /// Every summed map (the distinct and ranked ones are below).
+    /// Every summed map (the distinct and ranked ones are below), rollups apart.
     pub(super) metrics: Maps,
+    /// Rollup buckets by map name ([`rollup::map_name`] sorts by aggregate, granularity, time).
+    pub(super) rollups: Maps,
     /// Distinct users: exact while small, then estimated.
     pub(super) users: DistinctUsers,
     /// Usage per user, bounded top-K.
@@ -50,15 +57,40 @@ pub(super) struct State {
 
 impl State {
     /// Adds increments under the analytics [`Bounds`], decided here under the lock.
+    /// Rollup buckets past their retention at `now` are neither written nor kept.
     pub(super) fn add(&mut self, increments: &[Increment], bounds: &Bounds) {
+        let now = epoch_millis(std::time::SystemTime::now()) / 1_000;
+        let retention = &bounds.rollup_retention;
         let sums = Sums::of(increments);
         let mut caps: HashMap<&str, DimensionCap> = HashMap::new();
+        let mut rolled = false;
         for (map, field, by) in bounds::in_order(&sums) {
+            let is_rollup = map.starts_with(rollup::PREFIX);
+            if is_rollup && !retention.keeps(map, now) {
+                continue;
+            }
+            rolled |= is_rollup;
             match MapShape::of(map) {
                 MapShape::Distinct => self.users.insert(field, bounds),
                 MapShape::Ranked => self.top_users.add(field, by, bounds),
+                MapShape::BucketUsers => {
+                    // Kept as the bucket's set HyperLogLog registers (register -> rank).
+                    let (register, rank) = crate::analytics::hll::position(field);
+                    let stored = self
+                        .rollups
+                        .entry(map.to_string())
+                        .or_default()
+                        .entry(register.to_string())
+                        .or_insert(0.0);
+                    *stored = stored.max(f64::from(rank));
+                }
                 MapShape::Summed => {
-                    let stored = self.metrics.entry(map.to_string()).or_default();
+                    let store = if is_rollup {
+                        &mut self.rollups
+                    } else {
+                        &mut self.metrics
+                    };
+                    let stored = store.entry(map.to_string()).or_default();
                     let field = if bounds::is_capped(map) {
                         let cap = caps.entry(map).or_insert_with(|| {
                             let named = stored.len()
@@ -75,6 +107,56 @@ impl State {
                 }
             }
         }
+        if rolled {
+            self.prune_rollups(retention, now);
+        }
+    }
+
+    /// Deletes at most [`PRUNE_PER_ADD`] rollup buckets past their retention.
+    fn prune_rollups(&mut self, retention: &rollup::Retention, now: i64) {
+        let mut expired = Vec::new();
+        for aggregate in rollup::AGGREGATES {
+            for g in Granularity::ALL {
+                let first = rollup::map_name(aggregate, g, i64::MIN / 2);
+                let kept = rollup::map_name(aggregate, g, retention.oldest_kept(g, now));
+                let room = PRUNE_PER_ADD - expired.len();
+                expired.extend(
+                    self.rollups
+                        .range(first..kept)
+                        .map(|(name, _)| name.clone())
+                        .filter(|name| !retention.keeps(name, now))
+                        .take(room),
+                );
+                if expired.len() >= PRUNE_PER_ADD {
+                    break;
+                }
+            }
+        }
+        for name in expired {
+            self.rollups.remove(&name);
+        }
+    }
+
+    /// The stored buckets of `aggregate` at `granularity` starting in `from..to` that are
+    /// still kept at `now`.
+    pub(super) fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        (from, to): (i64, i64),
+        retention: &rollup::Retention,
+        now: i64,
+    ) -> rollup::Buckets {
+        if from >= to {
+            return rollup::Buckets::new();
+        }
+        let first = rollup::map_name(aggregate, granularity, from);
+        let end = rollup::map_name(aggregate, granularity, to);
+        self.rollups
+            .range(first..end)
+            .filter(|(name, _)| retention.keeps(name, now))
+            .filter_map(|(name, fields)| Some((rollup::parse(name)?.2, fields.clone())))
+            .collect()
     }
 
     /// Adds one to each of the counters `names`.

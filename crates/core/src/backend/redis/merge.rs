@@ -102,7 +102,7 @@ const COMPANIONS: [(&str, &str); 2] = [
 
 /// Keeps the `cap` largest named fields of dimension map `name` (ties by name) and folds the
 /// rest into [`OTHER`]; fields that are always named stay.
-fn cap_map(name: &str, map: &mut BTreeMap<String, f64>, cap: usize) {
+pub(super) fn cap_map(name: &str, map: &mut BTreeMap<String, f64>, cap: usize) {
     if let Some(kept) = kept_fields(name, map, cap) {
         fold_into_other(name, map, |field| kept.contains(field));
     }

@@ -12,6 +12,11 @@ use super::merge::{merge, PartitionMetrics, MEMBERS_PER_PARTITION, TOP_USERS_PER
 use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
 use crate::analytics::bounds::{self, CAPPED_MAPS, KNOWN_TYPES, OTHER};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::analytics::hll;
+use crate::analytics::rollup::{self, Buckets, Granularity};
 use crate::analytics::{
     maps, Bounds, Increment, MapShape, StoredMetrics, Sums, MINUTE_WINDOW, TOP_USERS,
 };
@@ -38,8 +43,69 @@ pub(super) fn bounds_arg(b: &Bounds) -> String {
         "minute_prefix": maps::PER_MINUTE_PREFIX,
         "typed": [maps::EVENTS_BY_TYPE],
         "known": KNOWN_TYPES,
+        "rollup_prefix": rollup::PREFIX,
+        "registers": rollup::ACTIVE_USERS,
+        "rollup_expiry": Granularity::ALL
+            .into_iter()
+            .map(|g| (g.letter().to_string(), b.rollup_retention.expires_at(g, 0).into()))
+            .collect::<serde_json::Map<_, _>>(),
     })
     .to_string()
+}
+
+/// Summed increments as the scripts take them, sorted by map and field (the order dimension
+/// values are decided in). The users of a rollup bucket become the bucket's HyperLogLog
+/// registers (register -> highest rank among them, [`crate::analytics::hll`]'s hash, as on
+/// the other backends), which the script raises with `ZADD GT`: a batch sends each register
+/// once, however many of its users fall in it.
+pub(super) fn script_increments<'a>(sums: &Sums<'a>) -> Vec<(&'a str, Cow<'a, str>, f64)> {
+    let mut registers: BTreeMap<(&'a str, usize), u8> = BTreeMap::new();
+    let mut out = Vec::with_capacity(sums.len());
+    for (map, field, by) in bounds::in_order(sums) {
+        if MapShape::of(map) == MapShape::BucketUsers {
+            let (register, rank) = hll::position(field);
+            let highest = registers.entry((map, register)).or_insert(0);
+            *highest = (*highest).max(rank);
+        } else {
+            out.push((map, Cow::Borrowed(field), by));
+        }
+    }
+    out.extend(
+        registers.into_iter().map(|((map, register), rank)| {
+            (map, Cow::Owned(register.to_string()), f64::from(rank))
+        }),
+    );
+    out
+}
+
+/// Rollup bucket keys per script call: bounds one call's reply.
+const BUCKETS_PER_CALL: usize = 1_000;
+
+fn now_seconds() -> i64 {
+    crate::backend::epoch_millis(std::time::SystemTime::now()) / 1_000
+}
+
+/// One bucket as the partitions hold it, merged: registers by maximum, other fields summed
+/// and, for a dimension bucket holding more than `cap` named fields, capped like the totals.
+fn merge_rollups<'a>(
+    name: &str,
+    parts: impl Iterator<Item = &'a Vec<(String, f64)>>,
+    register: bool,
+    cap: usize,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut merged = std::collections::BTreeMap::new();
+    for (field, value) in parts.flatten() {
+        let stored: &mut f64 = merged.entry(field.clone()).or_insert(0.0);
+        if register {
+            *stored = stored.max(*value);
+        } else {
+            *stored += value;
+        }
+    }
+    if !register && bounds::is_capped(name) {
+        super::merge::cap_map(name, &mut merged, cap);
+    }
+    merged
 }
 
 impl RedisBackend {
@@ -56,8 +122,8 @@ impl RedisBackend {
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(bounds_arg(&self.options.bounds));
-        for (map, field, by) in bounds::in_order(&Sums::of(&increments)) {
-            inv.arg(map).arg(field).arg(by);
+        for (map, field, by) in script_increments(&Sums::of(&increments)) {
+            inv.arg(map).arg(field.as_ref()).arg(by);
         }
         let mut conn = self.conn.get();
         bounded(inv.invoke_async::<i64>(&mut conn))
@@ -76,19 +142,89 @@ impl RedisBackend {
                 .map(|p| self.read_partition_metrics(&p.keys, several)),
         )
         .await?;
+        let (from, to) = rollup::minute_window(now_seconds());
+        let minutes = self
+            .read_rollups(maps::EVENTS_BY_TYPE, Granularity::Minute, from, to)
+            .await?;
         if !several {
             let part = parts.into_iter().next().unwrap_or_default();
-            return Ok(StoredMetrics {
+            let mut snapshot = StoredMetrics {
                 maps: part.maps,
                 distinct_users: part.distinct_count,
                 top_users: part.top_users,
-            });
+            };
+            rollup::add_minutes(&mut snapshot, minutes);
+            return Ok(snapshot);
         }
         let (mut merged, need_estimate) = merge(parts, self.options.bounds.max_dimension_values);
         if need_estimate {
             merged.distinct_users = merged.distinct_users.max(self.estimate_distinct().await?);
         }
+        rollup::add_minutes(&mut merged, minutes);
         Ok(merged)
+    }
+
+    /// The rollup buckets of `aggregate` starting in `from..to`: each partition's buckets read
+    /// by name (they are not in the registry) in one script call per [`BUCKETS_PER_CALL`],
+    /// partitions concurrently, then merged (see [`merge_rollups`]).
+    pub(super) async fn read_rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<Buckets> {
+        let span = granularity.seconds();
+        let mut first = granularity.bucket_start(from);
+        if first < from {
+            first += span;
+        }
+        let starts: Vec<i64> = std::iter::successors(Some(first), |s| Some(s + span))
+            .take_while(|s| *s < to)
+            .collect();
+        let names: Vec<String> = starts
+            .iter()
+            .map(|s| rollup::map_name(aggregate, granularity, *s))
+            .collect();
+        let register = aggregate == rollup::ACTIVE_USERS;
+        let parts = try_join_all(self.partitions.iter().map(|p| {
+            let names = &names;
+            async move {
+                let mut buckets: Vec<Vec<(String, f64)>> = Vec::with_capacity(names.len());
+                for chunk in names.chunks(BUCKETS_PER_CALL) {
+                    let mut inv = self.scripts.rollups.prepare_invoke();
+                    for name in chunk {
+                        inv.key(p.keys.metric(name));
+                    }
+                    let mut conn = self.conn.get();
+                    let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn))
+                        .await
+                        .map_err(self.fail("rollups"))?;
+                    buckets.extend(reply.iter().map(scored_pairs));
+                }
+                Ok::<_, crate::backend::BackendError>(buckets)
+            }
+        }))
+        .await?;
+        let retention = &self.options.bounds.rollup_retention;
+        let now = now_seconds();
+        let mut out = Buckets::new();
+        for (i, (start, name)) in starts.iter().zip(&names).enumerate() {
+            if !retention.keeps(name, now) {
+                continue;
+            }
+            let fields = parts.iter().filter_map(|part| part.get(i));
+            let merged = merge_rollups(
+                name,
+                fields,
+                register,
+                self.options.bounds.max_dimension_values,
+            );
+            if !merged.is_empty() {
+                out.insert(*start, merged);
+            }
+        }
+        Ok(out)
     }
 
     /// One partition's metrics script run; `several`: read as one of several partitions
@@ -130,7 +266,7 @@ impl RedisBackend {
                     }
                 }
                 MapShape::Ranked => part.top_users = scored_pairs(&pair[1]),
-                MapShape::Summed => {
+                MapShape::Summed | MapShape::BucketUsers => {
                     part.maps
                         .insert(name, scored_pairs(&pair[1]).into_iter().collect());
                 }

@@ -48,6 +48,7 @@ mod reply;
 mod scripts;
 mod settle;
 mod tls;
+mod written_registers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -102,6 +103,9 @@ struct Partition {
     keys: Keys,
     /// Never held across `.await`.
     claims: Mutex<ClaimSchedule>,
+    /// Rollup registers this process wrote here, so settles skip those that cannot rise.
+    /// Never held across `.await`.
+    written_registers: Mutex<written_registers::WrittenRegisters>,
 }
 
 /// How a claimer waits for new entries when every partition came up empty.
@@ -197,6 +201,7 @@ impl RedisBackend {
                 .map(|n| Partition {
                     keys: Keys::partition(&config.key_prefix, n, count),
                     claims: Mutex::new(ClaimSchedule::new()),
+                    written_registers: Mutex::default(),
                 })
                 .collect(),
             rotation: AtomicUsize::new(0),
@@ -452,5 +457,15 @@ impl Backend for RedisBackend {
 
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read_metrics().await
+    }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: crate::analytics::rollup::Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<crate::analytics::rollup::Buckets> {
+        self.read_rollups(aggregate, granularity, from, to).await
     }
 }

@@ -13,6 +13,7 @@ pub(super) struct Scripts {
     pub(super) dlq_replay: Script,
     pub(super) dlq_purge: Script,
     pub(super) hll_count: Script,
+    pub(super) rollups: Script,
 }
 
 impl Scripts {
@@ -32,6 +33,7 @@ impl Scripts {
             dlq_replay: Script::new(include_str!("lua/dlq_replay.lua")),
             dlq_purge: Script::new(include_str!("lua/dlq_purge.lua")),
             hll_count: Script::new(include_str!("lua/hll_count.lua")),
+            rollups: Script::new(include_str!("lua/rollups.lua")),
         }
     }
 }

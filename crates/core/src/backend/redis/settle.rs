@@ -8,9 +8,10 @@ use std::time::SystemTime;
 use futures_util::future::try_join_all;
 
 use super::error::{bounded, CallError};
-use super::metrics::{bounds_arg, MINUTE_MAP_TTL_SECS};
+use super::metrics::{bounds_arg, script_increments, MINUTE_MAP_TTL_SECS};
 use super::{keys, Partition, RedisBackend};
-use crate::analytics::{bounds, counting, maps, Sums};
+use crate::analytics::rollup::RollupSums;
+use crate::analytics::{counting, maps, Sums};
 use crate::backend::{epoch_millis, BackendResult, Lease, Settlement};
 
 impl RedisBackend {
@@ -79,6 +80,7 @@ impl RedisBackend {
         // with its lowest and highest entry id, for the script's one XPENDING range per group.
         let mut groups: Vec<AckGroup<'_>> = Vec::new();
         let mut sums = Sums::default();
+        let mut rollups = RollupSums::default();
         for s in settlements {
             let (
                 Settlement::Ack { effect, .. },
@@ -100,8 +102,13 @@ impl RedisBackend {
                 }
             };
             groups[at].add(entry, *deliveries);
-            sums.extend(effect.iter().flat_map(|e| &e.increments));
+            if let Some(e) = effect {
+                sums.extend(&e.increments);
+                rollups.add(e);
+            }
         }
+        let rolled = rollups.increments();
+        sums.extend(&rolled);
         let mut inv = self.scripts.settle.prepare_invoke();
         inv.key(&keys.stream)
             .key(&keys.retry)
@@ -126,10 +133,12 @@ impl RedisBackend {
                 inv.arg(*entry).arg(*deliveries);
             }
         }
-        inv.arg(sums.len());
+        let mut increments = script_increments(&sums);
+        lock(&p.written_registers).skip_written(&mut increments);
+        inv.arg(increments.len());
         // In decision order: the script decides new dimension values in the order it reads.
-        for (map, field, by) in bounds::in_order(&sums) {
-            inv.arg(map).arg(field).arg(by);
+        for (map, field, by) in &increments {
+            inv.arg(*map).arg(field.as_ref()).arg(*by);
         }
         for s in settlements {
             let Lease::Redis {
@@ -171,8 +180,18 @@ impl RedisBackend {
             }
         }
         let mut conn = self.conn.get();
-        bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await
+        let stale = bounded(inv.invoke_async::<Vec<String>>(&mut conn)).await?;
+        if stale.is_empty() {
+            lock(&p.written_registers).wrote(&increments);
+        }
+        Ok(stale)
     }
+}
+
+/// A lock held for a few instructions: a poisoned one still holds consistent registers
+/// (each update is a plain insert).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The acks of one batch held by one consumer, as the settle script checks them.

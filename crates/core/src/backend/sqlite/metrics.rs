@@ -5,11 +5,13 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::bucket_users;
 use super::error::StoreResult;
 use super::schema::DISTINCT_USERS_FULL;
 use super::writer::Ctx;
 use crate::analytics::bounds::{self, DimensionCap};
 use crate::analytics::hll::{self, Hll};
+use crate::analytics::rollup::{self, Buckets, Granularity, Retention};
 use crate::analytics::{maps, Bounds, MapShape, StoredMetrics, Sums, TOP_USERS};
 
 /// Adds to one field of one map, creating it at the added value.
@@ -21,25 +23,48 @@ const RAISE_REGISTER: &str = "INSERT INTO distinct_users_hll (register, rank) VA
      ON CONFLICT (register) DO UPDATE SET rank = max(rank, excluded.rank)";
 
 /// Writes summed increments under the analytics bounds, deciding from the rows of this
-/// transaction: each plain metric row is touched once per batch.
+/// transaction: each plain metric row is touched once per batch. Rollup buckets past their
+/// retention are not written (a late event still counts in the totals).
 pub(super) fn add_metrics(c: &Connection, ctx: &Ctx<'_>, sums: &Sums<'_>) -> StoreResult<()> {
     let bounds = &ctx.bounds;
+    let now = ctx.now / 1_000;
     let mut add = c.prepare_cached(ADD_METRIC)?;
-    let mut caps: HashMap<&str, DimensionCap> = HashMap::new();
+    // Per dimension map: `None` when it has room for every field of the batch (no field can
+    // become `other`, so none needs looking up), else the cap decision.
+    let mut caps: HashMap<&str, Option<DimensionCap>> = HashMap::new();
     let mut users: Vec<&str> = Vec::new();
     let mut usage: Vec<(&str, f64)> = Vec::new();
-    for (map, field, by) in bounds::in_order(sums) {
+    let mut bucket_users: HashMap<&str, Vec<&str>> = HashMap::new();
+    let ordered = bounds::in_order(sums);
+    let mut batch_fields: HashMap<&str, usize> = HashMap::new();
+    for (map, _, _) in &ordered {
+        *batch_fields.entry(map).or_default() += 1;
+    }
+    for (map, field, by) in ordered {
+        if map.starts_with(rollup::PREFIX) && !bounds.rollup_retention.keeps(map, now) {
+            continue;
+        }
         match MapShape::of(map) {
+            MapShape::BucketUsers => bucket_users.entry(map).or_default().push(field),
             MapShape::Distinct => users.push(field),
             MapShape::Ranked => usage.push((field, by)),
             MapShape::Summed if bounds::is_capped(map) => {
                 let cap = match caps.get_mut(map) {
                     Some(cap) => cap,
-                    None => caps
-                        .entry(map)
-                        .or_insert(DimensionCap::new(named_fields(c, map)?, bounds)),
+                    None => {
+                        let fields = batch_fields.get(map).copied().unwrap_or(0);
+                        let cap = if map_size(c, map)? + fields <= bounds.max_dimension_values {
+                            None
+                        } else {
+                            Some(DimensionCap::new(named_fields(c, map)?, bounds))
+                        };
+                        caps.entry(map).or_insert(cap)
+                    }
                 };
-                let target = cap.target(map, field, has_field(c, map, field)?);
+                let target = match cap {
+                    None => field,
+                    Some(cap) => cap.target(map, field, has_field(c, map, field)?),
+                };
                 add.execute(params![map, target, by])?;
             }
             MapShape::Summed => {
@@ -49,6 +74,7 @@ pub(super) fn add_metrics(c: &Connection, ctx: &Ctx<'_>, sums: &Sums<'_>) -> Sto
     }
     add_users(c, &users, bounds)?;
     add_usage(c, &usage, bounds)?;
+    bucket_users::add(c, &bucket_users)?;
     Ok(())
 }
 
@@ -171,6 +197,12 @@ pub(super) fn metrics(c: &Connection) -> StoreResult<StoredMetrics> {
     let mut fields = c.prepare_cached("SELECT field, value FROM metrics WHERE map = ?1")?;
     let mut after = String::new();
     while let Some(name) = next_map.query_row([&after], |r| r.get::<_, Option<String>>(0))? {
+        if name.starts_with(rollup::PREFIX) {
+            // Rollup buckets are read by range (below, and `rollups`): skip them all in one
+            // seek. `;` is the byte after the prefix's `:`.
+            after = format!("{};", rollup::PREFIX.trim_end_matches(':'));
+            continue;
+        }
         if MapShape::of(&name) == MapShape::Summed {
             let map = fields
                 .query_map([&name], |r| {
@@ -182,6 +214,20 @@ pub(super) fn metrics(c: &Connection) -> StoreResult<StoredMetrics> {
         after = name;
     }
     snapshot.distinct_users = distinct_users(c)?;
+    let (from, to) = rollup::minute_window(now_seconds());
+    let minutes = rollups(
+        c,
+        &RollupRange {
+            aggregate: maps::EVENTS_BY_TYPE.to_string(),
+            granularity: Granularity::Minute,
+            from,
+            to,
+            // The window is far shorter than any minute retention.
+            retention: Retention::default(),
+            now: now_seconds(),
+        },
+    )?;
+    rollup::add_minutes(&mut snapshot, minutes);
     // The partial index holds this map's rows in exactly this order: reading the top is a
     // scan of its first rows, however many users there are. (The literal map name is what
     // lets SQLite use a partial index.)
@@ -196,6 +242,119 @@ pub(super) fn metrics(c: &Connection) -> StoreResult<StoredMetrics> {
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(snapshot)
+}
+
+fn now_seconds() -> i64 {
+    crate::backend::epoch_millis(std::time::SystemTime::now()) / 1_000
+}
+
+/// One range of rollup buckets to read (see `Backend::rollups`).
+#[derive(Debug)]
+pub(super) struct RollupRange {
+    pub(super) aggregate: String,
+    pub(super) granularity: Granularity,
+    /// First bucket start, inclusive (unix seconds).
+    pub(super) from: i64,
+    /// Last bucket start, exclusive.
+    pub(super) to: i64,
+    pub(super) retention: Retention,
+    /// The reader's clock (unix seconds): buckets past their retention at it are left out.
+    pub(super) now: i64,
+}
+
+/// The buckets of a range: one index range scan of the `metrics` primary key, since bucket
+/// names sort by time.
+pub(super) fn rollups(c: &Connection, range: &RollupRange) -> StoreResult<Buckets> {
+    let mut out = Buckets::new();
+    if range.from >= range.to {
+        return Ok(out);
+    }
+    let first = rollup::map_name(&range.aggregate, range.granularity, range.from);
+    let end = rollup::map_name(&range.aggregate, range.granularity, range.to);
+    if range.aggregate == rollup::ACTIVE_USERS {
+        let mut rows = c.prepare_cached(
+            "SELECT map, registers FROM rollup_users WHERE map >= ?1 AND map < ?2",
+        )?;
+        let mut rows = rows.query(params![first, end])?;
+        while let Some(row) = rows.next()? {
+            let map: String = row.get(0)?;
+            let Some((_, _, start)) = rollup::parse(&map) else {
+                continue;
+            };
+            if !range.retention.keeps(&map, range.now) {
+                continue;
+            }
+            let blob: Vec<u8> = row.get(1)?;
+            let registers = bucket_users::decode(&blob)
+                .into_iter()
+                .map(|(register, rank)| (register.to_string(), f64::from(rank)))
+                .collect();
+            out.insert(start, registers);
+        }
+        return Ok(out);
+    }
+    let mut rows = c.prepare_cached(
+        "SELECT map, field, value FROM metrics WHERE map >= ?1 AND map < ?2 ORDER BY map",
+    )?;
+    let mut rows = rows.query(params![first, end])?;
+    // The bucket of the rows being read: its name, start and whether it is still kept.
+    let mut current: Option<(String, i64, bool)> = None;
+    while let Some(row) = rows.next()? {
+        let map: String = row.get(0)?;
+        let start = match &current {
+            Some((name, start, kept)) if *name == map => kept.then_some(*start),
+            _ => {
+                let kept = range.retention.keeps(&map, range.now);
+                let start = rollup::parse(&map).map(|(_, _, start)| start);
+                current = Some((map, start.unwrap_or(0), kept && start.is_some()));
+                start.filter(|_| kept)
+            }
+        };
+        let Some(start) = start else {
+            continue;
+        };
+        out.entry(start)
+            .or_default()
+            .insert(row.get(1)?, row.get(2)?);
+    }
+    Ok(out)
+}
+
+/// Deletes at most `limit` rollup rows past their retention at `now` (unix seconds), oldest
+/// buckets first: the writer's upkeep calls it between jobs, so retention never holds the
+/// write lock for long. Returns how many rows went.
+pub(super) fn delete_expired_rollups(
+    c: &Connection,
+    retention: &Retention,
+    now: i64,
+    limit: i64,
+) -> StoreResult<i64> {
+    let mut deleted = 0;
+    let mut delete_fields = c.prepare_cached(
+        "DELETE FROM metrics WHERE (map, field) IN
+         (SELECT map, field FROM metrics WHERE map >= ?1 AND map < ?2 LIMIT ?3)",
+    )?;
+    let mut delete_users = c.prepare_cached(
+        "DELETE FROM rollup_users WHERE map IN
+         (SELECT map FROM rollup_users WHERE map >= ?1 AND map < ?2 LIMIT ?3)",
+    )?;
+    for aggregate in rollup::AGGREGATES {
+        let delete = if aggregate == rollup::ACTIVE_USERS {
+            &mut delete_users
+        } else {
+            &mut delete_fields
+        };
+        for g in Granularity::ALL {
+            if deleted >= limit {
+                return Ok(deleted);
+            }
+            // Before every bucket start (`-` sorts before the digits), up to the oldest kept.
+            let first = format!("{}{aggregate}:{}:", rollup::PREFIX, g.letter());
+            let kept = rollup::map_name(aggregate, g, retention.oldest_kept(g, now));
+            deleted += delete.execute(params![first, kept, limit - deleted])? as i64;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The exact set's size until a user was left out of it, then the HyperLogLog estimate
@@ -244,6 +403,7 @@ mod tests {
                 max_dimension_values: 3,
                 exact_distinct_users: 100,
                 top_users_tracked: 50,
+                ..Bounds::default()
             },
         };
         for batch in 0..10 {

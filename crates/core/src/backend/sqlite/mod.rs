@@ -51,6 +51,7 @@
 //! - One file per operation's SQL: `enqueue.rs`, `claim.rs`, `settle.rs`, `dlq.rs`, and
 //!   `metrics.rs` (recording and reading the aggregates).
 
+mod bucket_users;
 mod claim;
 mod commits;
 mod connection;
@@ -74,12 +75,14 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use self::metrics::RollupRange;
 use self::reader::{ReadJob, Reader, READ_QUEUE};
 use self::writer::{WriteJob, Writer, WRITE_QUEUE};
 use super::{
     epoch_millis, Backend, BackendError, BackendOptions, BackendResult, DeadLetter, Delivery,
     DeliveryMark, Depths, DlqSelection, EnqueueOutcome, QueuedEvent, Settlement,
 };
+use crate::analytics::rollup::{Buckets, Granularity, Retention};
 use crate::analytics::{Increment, StoredMetrics};
 use crate::config::SqliteSynchronous;
 
@@ -109,6 +112,8 @@ pub struct SqliteBackend {
     commits: Option<(Arc<Notify>, commits::CommitWatch)>,
     /// Whether the store is still the one at the path, and still writable.
     condition: Arc<Condition>,
+    /// How long rollup buckets are kept: reads never return a bucket past it.
+    retention: Retention,
     /// Dropped with the backend, which stops the watch thread.
     _watch: std::sync::mpsc::Sender<()>,
 }
@@ -183,6 +188,7 @@ impl SqliteBackend {
         options: BackendOptions,
     ) -> BackendResult<Self> {
         let arrivals = Arc::new(Notify::new());
+        let retention = options.bounds.rollup_retention;
 
         let (writes, write_jobs) = mpsc::channel(WRITE_QUEUE);
         let (ready, writer_ready) = oneshot::channel();
@@ -249,6 +255,7 @@ impl SqliteBackend {
             arrivals,
             commits,
             condition,
+            retention,
             _watch: watch,
         })
     }
@@ -423,5 +430,23 @@ impl Backend for SqliteBackend {
 
     async fn metrics(&self) -> BackendResult<StoredMetrics> {
         self.read(ReadJob::Metrics).await
+    }
+
+    async fn rollups(
+        &self,
+        aggregate: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> BackendResult<Buckets> {
+        let range = RollupRange {
+            aggregate: aggregate.to_string(),
+            granularity,
+            from,
+            to,
+            retention: self.retention,
+            now: now_millis() / 1_000,
+        };
+        self.read(|reply| ReadJob::Rollups { range, reply }).await
     }
 }

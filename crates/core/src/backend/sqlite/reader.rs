@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 use super::connection::open_connection;
 use super::dlq::dlq_list;
 use super::error::{classify, StoreResult};
-use super::metrics::metrics;
+use super::metrics::{metrics, rollups, RollupRange};
 use super::wait::{watch, Watch};
 use super::Reply;
+use crate::analytics::rollup::Buckets;
 use crate::analytics::StoredMetrics;
 use crate::backend::{payload_received_at_ms, BackendResult, DeadLetter, Depths};
 
@@ -29,6 +30,10 @@ pub(super) enum ReadJob {
         reply: Reply<Vec<DeadLetter>>,
     },
     Metrics(Reply<StoredMetrics>),
+    Rollups {
+        range: RollupRange,
+        reply: Reply<Buckets>,
+    },
     /// The file's data version, and when the next row becomes visible if it changed since.
     Watch {
         since: Option<i64>,
@@ -74,6 +79,9 @@ impl Reader {
                 }
                 ReadJob::Metrics(reply) => {
                     let _ = reply.send(self.step("read metrics", metrics));
+                }
+                ReadJob::Rollups { range, reply } => {
+                    let _ = reply.send(self.step("read rollups", |c| rollups(c, &range)));
                 }
                 ReadJob::Watch { since, reply } => {
                     let _ = reply.send(self.step("watch the queue", |c| watch(c, since)));

@@ -2,8 +2,9 @@
 //!
 //! Every row that carries a guarantee lives here: the queue with its lease columns
 //! (`visible_at`, `claim_token`), the idempotency marks (`seen`), the applied marks
-//! (`processed`), the dead letters and the aggregates (`metrics`, and since version 2 the
-//! HyperLogLog registers of the distinct-user count, `distinct_users_hll`).
+//! (`processed`), the dead letters and the aggregates (`metrics`, since version 2 the
+//! HyperLogLog registers of the distinct-user count, `distinct_users_hll`, and since version 3
+//! those of each rollup bucket, `rollup_users`).
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use super::error::classify;
 use crate::backend::{BackendError, BackendResult};
 
 /// The schema this build writes; files from a newer build are refused, older ones migrated.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The row of `distinct_users_hll` (not a register) whose presence says the exact user set
 /// was full and left a user out: from then on the distinct count is the estimate.
@@ -66,6 +67,16 @@ CREATE TABLE IF NOT EXISTS distinct_users_hll (
     register INTEGER PRIMARY KEY,
     rank INTEGER NOT NULL
 );
+";
+
+/// Added by version 3: the distinct users of each rollup bucket, one row per bucket holding the
+/// HyperLogLog registers that are set (see `bucket_users.rs`), so a batch writes one row per
+/// bucket however many users it has.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS rollup_users (
+    map TEXT PRIMARY KEY,
+    registers BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Feeds the users a version-1 file counted exactly to the new registers, so the estimate
@@ -154,6 +165,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
         tx.execute_batch(SCHEMA)
             .map_err(|e| step("create schema", e))?;
         tx.execute_batch(SCHEMA_V2)
+            .map_err(|e| step("create schema", e))?;
+        tx.execute_batch(SCHEMA_V3)
             .map_err(|e| step("create schema", e))?;
         if version < 2 {
             seed_registers(&tx).map_err(|e| step("migrate distinct users", e))?;

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::error::StoreResult;
 use super::metrics::add_metrics;
 use super::writer::Ctx;
-use crate::analytics::{Increment, Sums};
+use crate::analytics::rollup::RollupSums;
+use crate::analytics::{Effect, Increment, Sums};
 use crate::backend::{Lease, Settlement};
 
 /// Marks an id as applied unless a live mark exists; one changed row means "apply it".
@@ -38,6 +39,7 @@ pub(super) fn settle(
     let applied_until = ctx.now + ctx.ttl_ms;
     // Effects and counters of the settlements that took effect, written summed at the end.
     let mut applied: Vec<Increment> = Vec::new();
+    let mut effects: Vec<Effect> = Vec::new();
     let mut requeued = false;
     for s in settlements {
         let Lease::Sqlite { row, token } = s.delivery().lease else {
@@ -57,7 +59,7 @@ pub(super) fn settle(
                         ctx.now
                     ])? == 1;
                     if fresh {
-                        applied.extend(effect.increments);
+                        effects.push(effect);
                     }
                 }
                 removed
@@ -114,7 +116,15 @@ pub(super) fn settle(
             applied.extend(counted.iter().map(|name| Increment::counter(name)));
         }
     }
-    add_metrics(c, ctx, &Sums::of(&applied))?;
+    let mut rollups = RollupSums::default();
+    for effect in &effects {
+        rollups.add(effect);
+    }
+    let rolled = rollups.increments();
+    let mut sums = Sums::of(&applied);
+    sums.extend(effects.iter().flat_map(|e| &e.increments));
+    sums.extend(&rolled);
+    add_metrics(c, ctx, &sums)?;
     Ok(requeued)
 }
 

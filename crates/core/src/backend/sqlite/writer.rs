@@ -18,7 +18,7 @@ use super::connection::open_connection;
 use super::dlq::{dlq_purge, dlq_replay};
 use super::enqueue::enqueue;
 use super::error::{classify, StoreResult};
-use super::metrics::add_metrics;
+use super::metrics::{add_metrics, delete_expired_rollups};
 use super::schema::migrate;
 use super::settle::settle;
 use super::{now_millis, Reply};
@@ -330,7 +330,8 @@ impl Writer {
         }
     }
 
-    /// Deletes expired marks and per-minute maps past the window, a bounded batch each.
+    /// Deletes expired marks, per-minute maps past the window and rollup buckets past their
+    /// retention, a bounded batch each.
     /// Returns whether a batch was full.
     fn upkeep(&mut self, now: i64) -> BackendResult<bool> {
         if self.fsyncing {
@@ -357,6 +358,10 @@ impl Writer {
         tx.prepare_cached("DELETE FROM metrics WHERE map >= ?1 AND map < ?2")
             .and_then(|mut s| s.execute(params![maps::PER_MINUTE_PREFIX, oldest_kept]))
             .map_err(step)?;
+        let retention = self.options.bounds.rollup_retention;
+        let rollups = delete_expired_rollups(&tx, &retention, now / 1_000, UPKEEP_BATCH)
+            .map_err(|e| classify(&path, "upkeep", e))?;
+        full |= rollups >= UPKEEP_BATCH;
         tx.commit().map_err(step)?;
         Ok(full)
     }

@@ -14,11 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::cli::BackfillArgs;
-use crate::client::{WebhookClient, BATCH_PATH, JSON};
+use crate::client::{BatchAnswer, BatchResults, WebhookClient, BATCH_PATH, JSON};
 use crate::events::EventFactory;
 use pipeline_core::runtime::exit;
 
@@ -51,22 +51,6 @@ impl BackfillReport {
             exit::FAILURE
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct BatchAnswer {
-    #[serde(default)]
-    results: BatchResults,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct BatchResults {
-    #[serde(default)]
-    accepted: u64,
-    #[serde(default)]
-    duplicates: u64,
-    #[serde(default)]
-    errors: u64,
 }
 
 /// The timestamps of one day's events: `n` instants spread at random over

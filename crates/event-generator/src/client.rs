@@ -369,3 +369,21 @@ mod tests {
         assert_eq!(first_array_len(&serde_json::json!([1, 2, 3])), 3);
     }
 }
+
+/// The `results` of a `/webhook/batch` answer (missing fields read as 0).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct BatchAnswer {
+    #[serde(default)]
+    pub results: BatchResults,
+}
+
+/// How many of a batch's events were accepted, duplicates, or refused.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct BatchResults {
+    #[serde(default)]
+    pub accepted: u64,
+    #[serde(default)]
+    pub duplicates: u64,
+    #[serde(default)]
+    pub errors: u64,
+}

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use reqwest::Url;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadPlan;
-use crate::client::{error_kind, WebhookClient, JSON};
+use crate::client::{error_kind, BatchAnswer, WebhookClient, JSON};
 use crate::events::EventFactory;
 
 /// Highest latency the histograms hold (longer ones are clamped), in microseconds.
@@ -39,23 +38,6 @@ pub(super) struct Shared {
     pub(super) live: LiveCounters,
     /// Fires on Ctrl+C: workers stop taking work and drop requests in flight.
     pub(super) cancel: CancellationToken,
-}
-
-/// The `results` of a `/webhook/batch` answer.
-#[derive(Debug, Default, Deserialize)]
-struct BatchAnswer {
-    #[serde(default)]
-    results: BatchResults,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct BatchResults {
-    #[serde(default)]
-    accepted: u64,
-    #[serde(default)]
-    duplicates: u64,
-    #[serde(default)]
-    errors: u64,
 }
 
 /// One worker's figures, merged at the end.

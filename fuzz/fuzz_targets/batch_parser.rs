@@ -15,7 +15,7 @@ fuzz_target!(|bytes: &[u8]| {
             for (position, item) in items.iter().enumerate() {
                 match item {
                     Ok(event) => {
-                        let stored = event.to_json();
+                        let stored = event.stored("2025-12-16T10:00:00.000000Z");
                         assert!(
                             Event::from_slice(stored.as_bytes()).is_ok(),
                             "stored form {stored} no longer validates"

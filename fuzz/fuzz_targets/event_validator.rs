@@ -1,10 +1,14 @@
 //! Arbitrary bytes into the event validator (rules in `docs/api.md`): it must never panic,
 //! whatever it accepts must survive the trip through the stored form, and nothing it accepts
 //! may break the analytics: metric keys stay short and plain, numbers stay within the bounds.
+//! The webhook's tree-free validator (`ReceivedEvent::accept`) is held to the tree validator's
+//! verdict on every input: it accepts nothing the tree refuses, and stores the same JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pipeline_core::event::{Event, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP};
+use pipeline_core::event::{
+    format_received_at, Event, ReceivedEvent, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
+};
 
 /// At most 64 ASCII letters, digits and `extra` characters.
 fn plain(s: &str, extra: &str) -> bool {
@@ -54,8 +58,28 @@ fn check_accepted(event: &Event) {
     }
 }
 
+/// The fast path against the tree validator's verdict `tree`.
+fn check_fast_path(bytes: &[u8], tree: &Result<Event, pipeline_core::event::ValidationError>) {
+    let Some(fast) = std::str::from_utf8(bytes).ok().and_then(ReceivedEvent::accept) else {
+        return;
+    };
+    let Ok(tree) = tree else {
+        panic!("fast path accepted what the validator refused: {bytes:?}");
+    };
+    assert_eq!(fast.id, tree.id);
+    assert_eq!(&*fast.event_type, tree.event_type.as_str());
+    let at = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    let mut stamped = tree.clone();
+    stamped.stamp_received_at(at);
+    let stored: serde_json::Value = serde_json::from_str(&fast.stored(&format_received_at(at)))
+        .unwrap_or_else(|e| panic!("stored form is not JSON: {e}"));
+    assert_eq!(stored, serde_json::Value::Object(stamped.body));
+}
+
 fuzz_target!(|bytes: &[u8]| {
-    match Event::from_slice(bytes) {
+    let tree = Event::from_slice(bytes);
+    check_fast_path(bytes, &tree);
+    match tree {
         Ok(event) => {
             check_accepted(&event);
             // What the webhook stores is what a consumer validates again.

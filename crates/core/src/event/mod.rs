@@ -10,6 +10,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod received;
+
+pub use received::{batch_elements, ReceivedEvent};
+
 /// An event's idempotency key: 1–128 printable ASCII characters without whitespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -282,18 +286,7 @@ impl Event {
         now: chrono::DateTime<chrono::Utc>,
         max_skew: std::time::Duration,
     ) -> Result<(), ValidationError> {
-        let skew = chrono::Duration::from_std(max_skew).unwrap_or(chrono::Duration::MAX);
-        match self.timestamp() {
-            Some(t) if t.signed_duration_since(now) > skew => {
-                let mut err = ValidationError::default();
-                err.push(
-                    "timestamp",
-                    format!("is more than {} seconds in the future", max_skew.as_secs()),
-                );
-                Err(err)
-            }
-            _ => Ok(()),
-        }
+        future_skew(self.timestamp(), now, max_skew)
     }
 
     /// `received_at` in microseconds since the epoch, when present and parseable.
@@ -307,6 +300,26 @@ impl Event {
     pub fn to_json(&self) -> String {
         // Serialising a Map of Values cannot fail.
         serde_json::to_string(&self.body).unwrap_or_default()
+    }
+}
+
+/// The refusal of an event whose `timestamp` is more than `max_skew` after `now`.
+fn future_skew(
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    max_skew: std::time::Duration,
+) -> Result<(), ValidationError> {
+    let skew = chrono::Duration::from_std(max_skew).unwrap_or(chrono::Duration::MAX);
+    match timestamp {
+        Some(t) if t.signed_duration_since(now) > skew => {
+            let mut err = ValidationError::default();
+            err.push(
+                "timestamp",
+                format!("is more than {} seconds in the future", max_skew.as_secs()),
+            );
+            Err(err)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,544 @@
+//! The webhook's ingest form of an event: validated in one pass over the sender's bytes, stored
+//! as those bytes with `received_at` spliced in.
+//!
+//! [`Event::from_value`] builds a `serde_json::Value` tree of every event and the stored form is
+//! that tree written out again; on the ingest path that tree is most of the work. Here the
+//! fields the rules look at are borrowed from the input and checked where they lie, every other
+//! value is only walked (so the grammar, the number range and the nesting limit are exactly
+//! those of a `Value` parse), and the stored form is the sender's object text with
+//! `"received_at":"…"` appended before its closing brace.
+//!
+//! A `received_at` the sender gave is replaced where it stands, as in the tree.
+//!
+//! The fast path only ever *accepts*: whenever it is not sure — any rule broken, a duplicate
+//! field it would have to decide between, anything the walk refuses —
+//! [`ReceivedEvent::accept`] answers `None` and the caller asks
+//! [`Event::from_value`], whose judgement (and wording) is the contract. Both agree on what they
+//! accept: a differential test and a fuzz target hold them to it. A consumer reading the stored
+//! form sees the same fields a `Value` parse of the original would have given, since the bytes
+//! are the original's.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{
+    future_skew, is_dimension_value, is_event_type, Event, EventId, ValidationError, MAX_AMOUNT,
+    MAX_COUNT, MAX_USER_ID_LEN, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
+};
+
+/// A validated event as the webhook received it, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent<'a> {
+    pub id: EventId,
+    pub event_type: Cow<'a, str>,
+    timestamp: DateTime<Utc>,
+    source: Source<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Source<'a> {
+    /// The sender's object text, trimmed, without duplicate fields; and where in it the value
+    /// of the sender's own `received_at` lies, if it has one.
+    Text {
+        text: &'a str,
+        received_at: Option<std::ops::Range<usize>>,
+    },
+    /// An event the tree validator accepted (one the fast path left to it).
+    Tree(Map<String, Value>),
+}
+
+impl<'a> ReceivedEvent<'a> {
+    /// Validates the JSON text of one event without building a tree. `None` is not a refusal:
+    /// it means "judge it with [`Event::from_value`]", which accepts it or says why not.
+    pub fn accept(text: &'a str) -> Option<ReceivedEvent<'a>> {
+        let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        let fields: TopFields<'a> = serde_json::from_str(text).ok()?;
+        if fields.doubtful {
+            return None;
+        }
+        let id = EventId::parse(&string(fields.event_id?)?).ok()?;
+        let event_type = string(fields.event_type?)?;
+        if !is_event_type(&event_type) {
+            return None;
+        }
+        let timestamp = DateTime::parse_from_rfc3339(&string(fields.timestamp?)?)
+            .ok()?
+            .with_timezone(&Utc);
+        if let Some(user) = fields.user_id.filter(|raw| !is_null(raw)) {
+            let user = string(user)?;
+            if user.chars().count() > MAX_USER_ID_LEN || user.chars().any(char::is_control) {
+                return None;
+            }
+        }
+        match fields.metadata {
+            None | Some(Metadata::Null) => {}
+            Some(Metadata::Object(meta)) => metadata_is_valid(&event_type, &meta)?,
+            Some(Metadata::Other) => return None,
+        }
+        // The sender's value is replaced where it stands (the fast path takes only a string
+        // there, read as a tree parse would read it).
+        if let Some(raw) = fields.received_at {
+            string(raw)?;
+        }
+        // The raw value is a slice of `text`: its offset says where the value lies.
+        let received_at = fields.received_at.map(|raw| {
+            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            start..start + raw.get().len()
+        });
+        Some(ReceivedEvent {
+            id,
+            event_type,
+            timestamp,
+            source: Source::Text { text, received_at },
+        })
+    }
+
+    /// The event's `timestamp` in UTC (the rules require one).
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+
+    /// Refuses an event more than `max_skew` in the future, as [`Event::check_future_skew`].
+    pub fn check_future_skew(
+        &self,
+        now: DateTime<Utc>,
+        max_skew: std::time::Duration,
+    ) -> Result<(), ValidationError> {
+        future_skew(Some(self.timestamp), now, max_skew)
+    }
+
+    /// The stored form: the sender's object with `received_at` (RFC 3339 UTC, as
+    /// [`super::format_received_at`] writes it) as its last field.
+    pub fn stored(&self, received_at: &str) -> String {
+        match &self.source {
+            // `received_at` is RFC 3339 text: it needs no escaping.
+            Source::Text {
+                text,
+                received_at: Some(at),
+            } => {
+                let mut out = String::with_capacity(text.len() + received_at.len());
+                out.push_str(&text[..at.start]);
+                out.push('"');
+                out.push_str(received_at);
+                out.push('"');
+                out.push_str(&text[at.end..]);
+                out
+            }
+            // `text` is a JSON object holding at least `event_id`, so it ends with `}` and a
+            // field goes before it after a comma.
+            Source::Text {
+                text,
+                received_at: None,
+            } => {
+                let open = &text[..text.len() - 1];
+                let mut out = String::with_capacity(text.len() + received_at.len() + 18);
+                out.push_str(open);
+                out.push_str(",\"received_at\":\"");
+                out.push_str(received_at);
+                out.push_str("\"}");
+                out
+            }
+            Source::Tree(body) => {
+                let mut body = body.clone();
+                body.insert("received_at".into(), Value::String(received_at.into()));
+                // Serialising a Map of Values cannot fail.
+                serde_json::to_string(&body).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl From<Event> for ReceivedEvent<'static> {
+    /// An event the tree validator accepted; its `timestamp` was checked by it.
+    fn from(event: Event) -> Self {
+        let timestamp = event.timestamp().unwrap_or_default();
+        ReceivedEvent {
+            id: event.id,
+            event_type: Cow::Owned(event.event_type),
+            timestamp,
+            source: Source::Tree(event.body),
+        }
+    }
+}
+
+/// `null`, as a raw value's text.
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// A raw value that is a JSON string, unescaped; borrowed when it holds no escape.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+/// Metadata fields some event type has rules for; their values are kept, to be checked
+/// against the rules of the event's type once it is known.
+const RULED: &[&str] = &[
+    "source",
+    "country",
+    "email",
+    "company",
+    "plan",
+    "amount",
+    "billing_cycle",
+    "trial",
+    "feature",
+    "quantity",
+    "duration_ms",
+];
+
+/// The metadata rules of [`super::check_metadata`] for `event_type`, on the kept fields.
+fn metadata_is_valid(event_type: &str, fields: &[(&str, Scalar<'_>)]) -> Option<()> {
+    for (key, value) in fields {
+        let valid = match (event_type, *key, value) {
+            (_, _, Scalar::Null) => true,
+            (USER_SIGNUP, "source" | "country", v)
+            | (SUBSCRIPTION_CREATED, "plan", v)
+            | (USAGE_TRACKED, "feature", v) => {
+                matches!(v, Scalar::Str(s) if is_dimension_value(s))
+            }
+            (USER_SIGNUP, "email" | "company", v) => matches!(v, Scalar::Str(_)),
+            (SUBSCRIPTION_CREATED, "amount", v) => v
+                .as_f64()
+                .is_some_and(|a| a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a)),
+            (SUBSCRIPTION_CREATED, "billing_cycle", v) => {
+                matches!(v, Scalar::Str(s) if matches!(&**s, "monthly" | "annual"))
+            }
+            (SUBSCRIPTION_CREATED, "trial", v) => matches!(v, Scalar::Bool),
+            (USAGE_TRACKED, "quantity" | "duration_ms", v) => {
+                matches!(v, Scalar::U64(n) if *n <= MAX_COUNT)
+            }
+            // No rule for this field of this type.
+            _ => true,
+        };
+        if !valid {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// What the metadata rules need of a value, read as a `serde_json::Value` would read it
+/// (a non-negative integer is `U64`, a negative one `I64`, anything else numeric `F64`).
+enum Scalar<'a> {
+    Null,
+    Bool,
+    Str(Cow<'a, str>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    /// An array or object, walked.
+    Nested,
+}
+
+impl Scalar<'_> {
+    /// `Value::as_f64`.
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::U64(n) => Some(n as f64),
+            Scalar::I64(n) => Some(n as f64),
+            Scalar::F64(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Bool)
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::U64(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::I64(n))
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::F64(x))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Scalar<'de>, S::Error> {
+                WalkVisitor.visit_seq(seq).map(|_| Scalar::Nested)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Scalar<'de>, M::Error> {
+                WalkVisitor.visit_map(map).map(|_| Scalar::Nested)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// The `metadata` field, judged in the same pass as the rest of the event.
+enum Metadata<'a> {
+    Null,
+    /// The fields of [`RULED`]; the others were walked.
+    Object(Vec<(&'static str, Scalar<'a>)>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Metadata<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MetadataVisitor)
+    }
+}
+
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = Metadata<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("metadata")
+    }
+    fn visit_unit<E>(self) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Metadata<'de>, E> {
+        Ok(Metadata::Other)
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Metadata<'de>, S::Error> {
+        WalkVisitor.visit_seq(seq).map(|_| Metadata::Other)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Metadata<'de>, M::Error> {
+        let mut fields: Vec<(&'static str, Scalar<'de>)> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match RULED.iter().find(|k| **k == key.0) {
+                Some(&name) if fields.iter().any(|(k, _)| *k == name) => {
+                    return Err(de::Error::custom("duplicate metadata field"));
+                }
+                Some(&name) => fields.push((name, map.next_value()?)),
+                None => {
+                    map.next_value::<Walked>()?;
+                }
+            }
+        }
+        Ok(Metadata::Object(fields))
+    }
+}
+
+/// The top-level fields the rules look at, borrowed as raw text.
+#[derive(Default)]
+struct TopFields<'a> {
+    event_id: Option<&'a RawValue>,
+    event_type: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    user_id: Option<&'a RawValue>,
+    metadata: Option<Metadata<'a>>,
+    /// The sender's own, to be replaced.
+    received_at: Option<&'a RawValue>,
+    /// A field given twice: left to the tree validator.
+    doubtful: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TopFields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TopVisitor(std::marker::PhantomData))
+    }
+}
+
+struct TopVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for TopVisitor<'a> {
+    type Value = TopFields<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<TopFields<'a>, M::Error> {
+        let mut fields = TopFields::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let slot = match &*key.0 {
+                "event_id" => &mut fields.event_id,
+                "event_type" => &mut fields.event_type,
+                "timestamp" => &mut fields.timestamp,
+                "user_id" => &mut fields.user_id,
+                "received_at" => &mut fields.received_at,
+                "metadata" => {
+                    fields.doubtful |= fields.metadata.is_some();
+                    fields.metadata = Some(map.next_value::<Metadata<'de>>()?);
+                    continue;
+                }
+                _ => {
+                    map.next_value::<Walked>()?;
+                    continue;
+                }
+            };
+            fields.doubtful |= slot.is_some();
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, borrowed when it holds no escape.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Any JSON value, parsed the way a `serde_json::Value` is (`deserialize_any`: the same
+/// number range and nesting limit) and then forgotten.
+struct Walked;
+
+impl<'de> Deserialize<'de> for Walked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WalkVisitor)
+    }
+}
+
+struct WalkVisitor;
+
+impl<'de> Visitor<'de> for WalkVisitor {
+    type Value = Walked;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_unit<E>(self) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Walked, S::Error> {
+        while seq.next_element::<Walked>()?.is_some() {}
+        Ok(Walked)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Walked, M::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value::<Walked>()?;
+        }
+        Ok(Walked)
+    }
+}
+
+/// The `events` array of a `POST /webhook/batch` body as raw elements, each to be judged on
+/// its own; `None` when the body is not plainly `{"events": [1 ..= max elements], …}`
+/// (the tree parser then says what is wrong).
+pub fn batch_elements(text: &str, max: usize) -> Option<Vec<&RawValue>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let events = de.deserialize_map(BatchVisitor).ok().flatten()?;
+    de.end().ok()?;
+    let mut de = serde_json::Deserializer::from_str(events.get());
+    let elements = de.deserialize_seq(ElementsVisitor { max }).ok()?;
+    de.end().ok()?;
+    (!elements.is_empty()).then_some(elements)
+}
+
+struct BatchVisitor;
+
+impl<'de> Visitor<'de> for BatchVisitor {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut events = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if key.0 == "events" {
+                if events.is_some() {
+                    return Err(de::Error::custom("events given twice"));
+                }
+                events = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<Walked>()?;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// At most `max` raw elements; more is an error, so a huge array is not collected.
+struct ElementsVisitor {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for ElementsVisitor {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if elements.len() == self.max {
+                return Err(de::Error::custom("too many events"));
+            }
+            elements.push(raw);
+        }
+        Ok(elements)
+    }
+}

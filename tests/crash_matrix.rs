@@ -71,6 +71,10 @@ impl Rig {
                 }
             }
         };
+        let mut rig = rig;
+        // Which events a killed consumer had decided is read off its `Processed` lines: every
+        // event keeps its own.
+        rig.p.set("DAY15_LOG_EVENTS_PER_SECOND", "1000000000");
         Some(rig)
     }
 

@@ -200,3 +200,72 @@ fn the_log_file_rotates_under_its_name_and_stays_private() {
         assert!(text.lines().all(has_record_prefix), "{}", path.display());
     }
 }
+
+/// The sum of the counts in `… and N more events <verb> in the last second` lines, and how
+/// many such lines there are.
+fn summarised(text: &str, verb: &str) -> (u64, usize) {
+    let tail = format!(" more events {verb} in the last second");
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_suffix(&tail))
+        .filter_map(|l| l.rsplit_once("… and ").map(|(_, n)| n.replace(',', "")))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (counts.iter().sum(), counts.len())
+}
+
+/// Past DAY15_LOG_EVENTS_PER_SECOND, each process writes one line a second counting the
+/// events it did not write a line for: every event is in the log once, as its own line or in
+/// a count, in the webhook's and in the consumer's records.
+#[test]
+fn past_the_per_second_budget_events_are_counted_in_one_line_a_second() {
+    const EVENTS: u64 = 300;
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_LOG_EVENTS_PER_SECOND", "20");
+    let o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let events: Vec<Value> = (0..EVENTS)
+        .map(|i| {
+            event(
+                &format!("evt_budget_{i}"),
+                "usage_tracked",
+                json!({"feature": "f"}),
+            )
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        let (status, body) = p.post("/webhook/batch", &json!({ "events": chunk }));
+        assert_eq!(status, 202, "{body}");
+    }
+    // The counts are written when their second ends, with no further event needed.
+    eventually(
+        "every event logged or counted by both processes",
+        START,
+        || {
+            let text = p.log();
+            let own = |needle: &str| text.lines().filter(|l| l.contains(needle)).count() as u64;
+            let received = own(" - webhook - INFO - Event received: usage_tracked (evt_budget_");
+            let processed = own(" - consumer - INFO - Processed usage_tracked (evt_budget_");
+            let (r, r_lines) = summarised(&text, "received");
+            let (c, c_lines) = summarised(&text, "processed");
+            (received + r == EVENTS && processed + c == EVENTS && r_lines > 0 && c_lines > 0)
+                .then_some(())
+        },
+    );
+    stop(o);
+    let text = p.log();
+    let (_, lines) = summarised(&text, "received");
+    let received = text
+        .lines()
+        .filter(|l| l.contains("Event received: "))
+        .count();
+    assert!(
+        received >= 20 && received <= 20 * (lines + 1),
+        "{received} lines"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.ends_with(" more events received in the last second"))
+        .unwrap_or_default();
+    assert!(summary.contains(" - webhook - INFO - … and "), "{summary}");
+}

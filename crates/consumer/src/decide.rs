@@ -11,6 +11,7 @@ use pipeline_core::analytics::{counting, describe, effect_of};
 use pipeline_core::backend::{Delivery, FailureReason, Settlement};
 use pipeline_core::config::Config;
 use pipeline_core::event::Event;
+use pipeline_core::logging::{EventLines, SummaryLevel};
 
 use crate::retry::RetryPolicy;
 
@@ -22,6 +23,8 @@ pub struct HandlerSettings {
     /// Honour `metadata.simulate_failure` (DAY15_FAULT_INJECTION); ignored otherwise.
     pub fault_injection: bool,
     pub retry: RetryPolicy,
+    /// The budget of `Processed` lines (DAY15_LOG_EVENTS_PER_SECOND).
+    pub processed_lines: EventLines,
 }
 
 impl HandlerSettings {
@@ -30,6 +33,11 @@ impl HandlerSettings {
             dry_run: config.consumer.dry_run,
             fault_injection: config.consumer.fault_injection,
             retry: RetryPolicy::from_config(config),
+            processed_lines: EventLines::new(
+                config.logging.events_per_second,
+                "processed",
+                SummaryLevel::Info,
+            ),
         }
     }
 }
@@ -98,11 +106,13 @@ pub fn decide(delivery: Delivery, settings: &HandlerSettings, now: DateTime<Utc>
     };
 
     if settings.dry_run {
-        tracing::info!(
-            "[DRY RUN] Would process {} ({})",
-            event.event_type,
-            event.id
-        );
+        if settings.processed_lines.admit() {
+            tracing::info!(
+                "[DRY RUN] Would process {} ({})",
+                event.event_type,
+                event.id
+            );
+        }
         return Decision {
             settlement: Settlement::Ack {
                 delivery,
@@ -119,7 +129,7 @@ pub fn decide(delivery: Delivery, settings: &HandlerSettings, now: DateTime<Utc>
     let latency = event
         .received_at_micros()
         .map(|received| Duration::from_micros((now.timestamp_micros() - received).max(0) as u64));
-    if tracing::enabled!(tracing::Level::INFO) {
+    if tracing::enabled!(tracing::Level::INFO) && settings.processed_lines.admit() {
         if let Some(line) = describe(&event) {
             tracing::info!("{line}");
         }
@@ -234,6 +244,7 @@ mod tests {
                 base_delay: Duration::from_secs(2),
                 max_delay: Duration::from_secs(60),
             },
+            processed_lines: EventLines::new(u64::MAX, "processed", SummaryLevel::Info),
         }
     }
 

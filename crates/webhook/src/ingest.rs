@@ -9,6 +9,7 @@
 //!
 //! [`Backend::enqueue_delivery`]: pipeline_core::backend::Backend::enqueue_delivery
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pipeline_core::backend::{DeliveryMark, EnqueueOutcome, QueuedEvent};
-use pipeline_core::event::{format_received_at, Event, EventId, FieldProblem, ValidationError};
+use pipeline_core::event::{
+    batch_elements, format_received_at, Event, EventId, FieldProblem, ReceivedEvent,
+    ValidationError,
+};
 use pipeline_core::logging::LogSafe;
 use serde::Serialize;
 use serde_json::Value;
@@ -88,7 +92,9 @@ impl AppState {
     fn refuse(&self, error: ApiError) -> Response {
         if error.is_rejection() {
             self.inner.local.rejected(1);
-            tracing::warn!("Event rejected: {error}");
+            if self.inner.rejected_lines.admit() {
+                tracing::warn!("Event rejected: {error}");
+            }
         } else if matches!(
             error.status(),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -157,16 +163,27 @@ async fn ingest_event(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let (bytes, mark) = state.admit(request).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
-    let hint = id_hint(&value);
-    let mut event =
-        Event::from_value(value).map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
+    let event = match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(ReceivedEvent::accept)
+    {
+        Some(event) => event,
+        None => {
+            let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)?;
+            let hint = id_hint(&value);
+            Event::from_value(value)
+                .map(ReceivedEvent::from)
+                .map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?
+        }
+    };
     let now = chrono::Utc::now();
     event
         .check_future_skew(now, state.config().max_future_skew)
-        .map_err(|e| ApiError::invalid_event(e, hint.as_deref()))?;
-    event.stamp_received_at(now);
-    let queued = QueuedEvent::of(&event);
+        .map_err(|e| ApiError::invalid_event(e, Some(event.id.as_str())))?;
+    let queued = QueuedEvent {
+        event_id: event.id.clone(),
+        payload: event.stored(&format_received_at(now)),
+    };
 
     let delivery = delivery_id(&mark);
     let outcomes = state
@@ -186,14 +203,17 @@ async fn ingest_event(
     let elapsed = started.elapsed();
     local.ingest_latency(elapsed);
     let latency_ms = millis(elapsed);
+    let log = state.inner.received_lines.admit();
     Ok(match outcome {
         EnqueueOutcome::Accepted => {
             state.note_accepted(1);
-            tracing::info!(
-                "Event received: {} ({}) - latency: {latency_ms:.2}ms",
-                event.event_type,
-                event.id
-            );
+            if log {
+                tracing::info!(
+                    "Event received: {} ({}) - latency: {latency_ms:.2}ms",
+                    event.event_type,
+                    event.id
+                );
+            }
             let body = Accepted {
                 status: "accepted",
                 event_id: event.id.as_str(),
@@ -203,7 +223,9 @@ async fn ingest_event(
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         EnqueueOutcome::Duplicate => {
-            tracing::info!("Duplicate event ignored: {}", event.id);
+            if log {
+                tracing::info!("Duplicate event ignored: {}", event.id);
+            }
             let body = Ignored {
                 status: "ignored",
                 reason: "duplicate_event",
@@ -212,10 +234,12 @@ async fn ingest_event(
             (StatusCode::OK, Json(body)).into_response()
         }
         EnqueueOutcome::DuplicateDelivery => {
-            tracing::info!(
-                "Duplicate delivery ignored: {} (webhook-id {delivery})",
-                event.id
-            );
+            if log {
+                tracing::info!(
+                    "Duplicate delivery ignored: {} (webhook-id {delivery})",
+                    event.id
+                );
+            }
             let body = Ignored {
                 status: "ignored",
                 reason: "duplicate_delivery",
@@ -305,24 +329,53 @@ pub struct RefusedEvent {
 /// Parses a `POST /webhook/batch` body: the whole request is refused (400/413) when it is not
 /// a JSON object with 1..=`max_events` events; otherwise every element is judged on its own,
 /// in order. Pure (no clock, no backend), so it can be fuzzed and property-tested directly.
-pub fn parse_batch(
-    bytes: &[u8],
-    max_events: usize,
-) -> Result<Vec<Result<Event, RefusedEvent>>, ApiError> {
+///
+/// The common body is judged without a JSON tree ([`ReceivedEvent::accept`]); whatever that
+/// leaves open is judged by the tree parser and validator, whose answers are the contract.
+pub fn parse_batch(bytes: &[u8], max_events: usize) -> Result<Vec<Judged<'_>>, ApiError> {
+    if let Some(judged) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| judge_elements(text, max_events))
+    {
+        return Ok(judged);
+    }
     let value: Value = serde_json::from_slice(bytes).map_err(ApiError::invalid_json)?;
     let events = batch_events(value, max_events)?;
     Ok(events
         .into_iter()
         .enumerate()
-        .map(|(index, value)| {
-            let event_id = id_hint(&value);
-            Event::from_value(value).map_err(|error| RefusedEvent {
-                index,
-                event_id,
-                error,
-            })
-        })
+        .map(|(index, value)| judge_tree(index, value))
         .collect())
+}
+
+/// One element of a batch, judged.
+pub type Judged<'a> = Result<ReceivedEvent<'a>, RefusedEvent>;
+
+/// Every element of a plainly shaped batch, each accepted without a tree where it can be;
+/// `None` when the body as a whole needs the tree parser's word (a JSON error anywhere).
+fn judge_elements(text: &str, max_events: usize) -> Option<Vec<Judged<'_>>> {
+    batch_elements(text, max_events)?
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| match ReceivedEvent::accept(raw.get()) {
+            Some(event) => Some(Ok(event)),
+            None => serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .map(|value| judge_tree(index, value)),
+        })
+        .collect()
+}
+
+/// One element judged by the tree validator.
+fn judge_tree(index: usize, value: Value) -> Judged<'static> {
+    let event_id = id_hint(&value);
+    Event::from_value(value)
+        .map(ReceivedEvent::from)
+        .map_err(|error| RefusedEvent {
+            index,
+            event_id,
+            error,
+        })
 }
 
 async fn ingest_batch(
@@ -336,7 +389,8 @@ async fn ingest_batch(
 
     let now = chrono::Utc::now();
     let mut queued = Vec::with_capacity(total_events);
-    let mut kinds: Vec<(String, EventId)> = Vec::with_capacity(total_events);
+    let received_at = format_received_at(now);
+    let mut kinds: Vec<(Cow<str>, EventId)> = Vec::with_capacity(total_events);
     let mut error_details = Vec::new();
     let max_skew = state.config().max_future_skew;
     for (index, item) in judged.into_iter().enumerate() {
@@ -349,18 +403,22 @@ async fn ingest_batch(
             }),
         });
         match item {
-            Ok(mut event) => {
-                event.stamp_received_at(now);
-                queued.push(QueuedEvent::of(&event));
+            Ok(event) => {
+                queued.push(QueuedEvent {
+                    event_id: event.id.clone(),
+                    payload: event.stored(&received_at),
+                });
                 kinds.push((event.event_type, event.id));
             }
             Err(refused) => {
                 let error = refused.error.summary();
-                tracing::warn!(
-                    "Event rejected: batch index {} ({}): {error}",
-                    refused.index,
-                    LogSafe(refused.event_id.as_deref().unwrap_or("no event_id"))
-                );
+                if state.inner.rejected_lines.admit() {
+                    tracing::warn!(
+                        "Event rejected: batch index {} ({}): {error}",
+                        refused.index,
+                        LogSafe(refused.event_id.as_deref().unwrap_or("no event_id"))
+                    );
+                }
                 error_details.push(BatchError {
                     index: refused.index,
                     event_id: refused.event_id,
@@ -389,19 +447,29 @@ async fn ingest_batch(
     let elapsed = started.elapsed();
     let latency_ms = millis(elapsed);
     let (mut accepted, mut duplicates) = (0u64, 0u64);
+    let lines = &state.inner.received_lines;
     for ((event_type, id), outcome) in kinds.iter().zip(&outcomes) {
+        let log = lines.admit();
         match outcome {
             EnqueueOutcome::Accepted => {
                 accepted += 1;
-                tracing::info!("Event received: {event_type} ({id}) - latency: {latency_ms:.2}ms");
+                if log {
+                    tracing::info!(
+                        "Event received: {event_type} ({id}) - latency: {latency_ms:.2}ms"
+                    );
+                }
             }
             EnqueueOutcome::Duplicate => {
                 duplicates += 1;
-                tracing::info!("Duplicate event ignored: {id}");
+                if log {
+                    tracing::info!("Duplicate event ignored: {id}");
+                }
             }
             EnqueueOutcome::DuplicateDelivery => {
                 duplicates += 1;
-                tracing::info!("Duplicate delivery ignored: {id} (webhook-id {delivery})");
+                if log {
+                    tracing::info!("Duplicate delivery ignored: {id} (webhook-id {delivery})");
+                }
             }
         }
     }

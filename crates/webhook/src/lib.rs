@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use pipeline_core::backend::{Backend, BackendError, BackendResult};
 use pipeline_core::config::Config;
+use pipeline_core::logging::{EventLines, SummaryLevel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,7 +51,7 @@ pub mod signature;
 mod web_security;
 
 use error::ApiError;
-pub use ingest::{parse_batch, RefusedEvent};
+pub use ingest::{parse_batch, Judged, RefusedEvent};
 use local_metrics::LocalMetrics;
 use own_metrics::OwnMetrics;
 use signature::{SignatureVerifier, WebhookSecret};
@@ -109,6 +110,10 @@ struct Shared {
     last_ingest_at: AtomicI64,
     /// Wakes the depth refresh out of its quiet wait when ingest resumes.
     ingest_resumed: tokio::sync::Notify,
+    /// The budget of `Event received` / duplicate lines (DAY15_LOG_EVENTS_PER_SECOND).
+    received_lines: EventLines,
+    /// The budget of `Event rejected` lines, so a flood of bad events cannot flood the log.
+    rejected_lines: EventLines,
     /// Unix second of the last capacity warning, so a flood of 429/503 logs once a second.
     last_capacity_warning: AtomicI64,
     /// For `uptime_seconds`.
@@ -137,8 +142,11 @@ impl AppState {
             .as_deref()
             .filter(|t| !t.is_empty())
             .map(admin::digest);
+        let per_second = config.logging.events_per_second;
         Ok(AppState {
             inner: Arc::new(Shared {
+                received_lines: EventLines::new(per_second, "received", SummaryLevel::Info),
+                rejected_lines: EventLines::new(per_second, "rejected", SummaryLevel::Warning),
                 config,
                 backend,
                 verifier,

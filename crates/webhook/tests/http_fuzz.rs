@@ -588,8 +588,13 @@ fn route(path: &str) -> &str {
 /// Whether the event's timestamp is within the allowed skew ahead of the clock (a flipped bit
 /// in a year can move it centuries ahead: refused with 400).
 fn not_in_the_future(event: &Event) -> bool {
-    let skew = pipeline_core::config::Config::defaults().max_future_skew;
-    event.check_future_skew(chrono::Utc::now(), skew).is_ok()
+    event
+        .check_future_skew(chrono::Utc::now(), max_skew())
+        .is_ok()
+}
+
+fn max_skew() -> Duration {
+    pipeline_core::config::Config::defaults().max_future_skew
 }
 
 /// What the server should have done, from the validator's own verdict; `None` when the request
@@ -658,7 +663,10 @@ fn check(input: &Input, outcome: &Outcome) -> Result<u64, String> {
                 .map_err(|e| format!("202 for a batch the parser refuses: {e}"))?;
             let valid = items
                 .iter()
-                .filter(|i| i.as_ref().is_ok_and(not_in_the_future))
+                .filter(|i| {
+                    i.as_ref()
+                        .is_ok_and(|e| e.check_future_skew(chrono::Utc::now(), max_skew()).is_ok())
+                })
                 .count() as u64;
             let results = &body["results"];
             let accepted = results["accepted"].as_u64().unwrap_or(u64::MAX);

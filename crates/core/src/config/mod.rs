@@ -213,6 +213,9 @@ pub struct LoggingConfig {
     pub max_bytes: u64,
     /// Files kept by rotation, the current one included (at least 1).
     pub max_files: u32,
+    /// Per-event lines a process writes per second before it summarises the rest
+    /// ([`crate::logging::EventLines`]).
+    pub events_per_second: u64,
 }
 
 /// Where the queue lives.

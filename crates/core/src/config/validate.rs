@@ -341,6 +341,7 @@ impl Config {
                 format,
                 max_bytes: v.int("DAY15_LOG_MAX_BYTES"),
                 max_files: v.int("DAY15_LOG_MAX_FILES"),
+                events_per_second: v.int("DAY15_LOG_EVENTS_PER_SECOND"),
             },
         }
     }

@@ -16,9 +16,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+mod event_lines;
 mod file;
 mod format;
 
+pub use event_lines::{thousands, EventLines, SummaryLevel};
 pub use file::{LogFile, Rotation};
 pub use format::{
     escape, needs_escape, LogSafe, PipelineFormat, MAX_RECORD_CHARS, MAX_VALUE_CHARS,

@@ -47,9 +47,23 @@ load() { # url, output file, load args...
 }
 
 
+hz=$(getconf CLK_TCK)
+# CPU seconds (user + sys) a process has used so far.
+cpu_of() { awk -v hz="$hz" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# Redis CPU seconds so far, 0 without a redis-server.
+redis_now() { if [ -n "$redis_port" ]; then redis_cpu "$redis_port"; else echo 0; fi; }
+# µs per event of CPU seconds $2 - $1 over $3 events.
+per_event() { python3 -c "print(f'{($2 - $1) * 1e6 / $3:.1f}')"; }
+# The CPU cell: process name $1 at $2 µs per event, then Redis's from its CPU seconds $3 to $4
+# over $5 events when there is a redis-server.
+cpu_cell() {
+  if [ -n "$redis_port" ]; then echo "$1 $2 µs / Redis $(per_event "$3" "$4" "$5") µs"; else echo "$1 $2 µs"; fi
+}
+
 # url, events expected, batch size [, "depth"] -> events/s of one consumer draining them. Done
 # when /stats counts them processed, or with "depth" when /health's queue_depth is 0 (a
-# cheaper poll, which leaves the CPU figures of a partitioned queue alone).
+# cheaper poll, which leaves the CPU figures of a partitioned queue alone). Sets
+# drain_consumer_us to the consumer's CPU µs per event.
 drain_rate() {
   local url=$1 n=$2 batch=$3 until=${4:-processed}
   DAY15_BATCH_SIZE=$batch start consumer
@@ -61,6 +75,7 @@ drain_rate() {
     until [ "$(processed "$url")" -ge "$n" ]; do sleep 0.1; done
   fi
   t1=$(date +%s.%N)
+  per_event 0 "$(cpu_of "$consumer")" "$n" >"$work/drain_consumer_us"
   stop "$consumer"
   python3 -c "print(round($n / ($t1 - $t0)))"
 }
@@ -70,8 +85,8 @@ bench_backend() {
   echo
   echo "### $backend"
   echo
-  echo "| measure | command (event-generator load …) | result |"
-  echo "|---|---|---|"
+  echo "| measure | command (event-generator load …) | result | CPU per event (user + sys) |"
+  echo "|---|---|---|---|"
 
   port=$(free_port); url=http://127.0.0.1:$port
   pipeline_env "$backend" "${backend}_ingest" "$port"
@@ -79,24 +94,33 @@ bench_backend() {
 
   load "$url" "$work/steady.json" --rate 1000 --duration "$secs" --concurrency 32
   r=$work/steady.json
-  echo "| single-event ingest at 1,000 req/s | \`--rate 1000 --duration $secs --concurrency 32\` | p50 $(json "$r" 'd["latency_ms"]["p50"]') ms, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms, max $(json "$r" 'd["latency_ms"]["max"]') ms, errors $(json "$r" 'd["errors"]') |"
+  echo "| single-event ingest at 1,000 req/s | \`--rate 1000 --duration $secs --concurrency 32\` | p50 $(json "$r" 'd["latency_ms"]["p50"]') ms, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms, max $(json "$r" 'd["latency_ms"]["max"]') ms, errors $(json "$r" 'd["errors"]') | |"
 
+  local w0 w1 r0 r1 n
+  w0=$(cpu_of "$webhook"); r0=$(redis_now)
   load "$url" "$work/peak.json" --rate 0 --duration "$secs" --concurrency 32
-  r=$work/peak.json
-  echo "| peak single-event ingest | \`--rate 0 --duration $secs --concurrency 32\` | **$(json "$r" 'round(d["requests_per_s"])') req/s**, p50 $(json "$r" 'd["latency_ms"]["p50"]') ms, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms, errors $(json "$r" 'd["errors"]') |"
+  w1=$(cpu_of "$webhook"); r1=$(redis_now)
+  r=$work/peak.json; n=$(json "$r" 'd["events_accepted"]')
+  peak_single=$(json "$r" 'round(d["requests_per_s"])')
+  echo "| peak single-event ingest | \`--rate 0 --duration $secs --concurrency 32\` | **$peak_single req/s**, p50 $(json "$r" 'd["latency_ms"]["p50"]') ms, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms, errors $(json "$r" 'd["errors"]') | $(cpu_cell webhook "$(per_event "$w0" "$w1" "$n")" "$r0" "$r1" "$n") |"
   stop "$webhook"
 
   for batch in 10 500; do
     port=$(free_port); url=http://127.0.0.1:$port
     pipeline_env "$backend" "${backend}_drain$batch" "$port"
     start webhook; webhook=$started; wait_http "$url/health"
+    w0=$(cpu_of "$webhook"); r0=$(redis_now)
     load "$url" "$work/batch.json" --rate 0 --events "$fill_events" --batch-size 100 --concurrency 8
+    w1=$(cpu_of "$webhook"); r1=$(redis_now)
     r=$work/batch.json
-    if [ "$batch" = 10 ]; then
-      echo "| batch ingest, 100 events per request | \`--rate 0 --events $fill_events --batch-size 100 --concurrency 8\` | **$(json "$r" 'round(d["events_per_s"])') events/s**, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms per request, errors $(json "$r" 'd["errors"]') |"
-    fi
     local accepted; accepted=$(json "$r" 'd["events_accepted"]')
-    echo "| consumer drain, batch size $batch | one \`consumer\` process, DAY15_BATCH_SIZE=$batch, $accepted queued events | **$(drain_rate "$url" "$accepted" "$batch") events/s** |"
+    if [ "$batch" = 10 ]; then
+      echo "| batch ingest, 100 events per request | \`--rate 0 --events $fill_events --batch-size 100 --concurrency 8\` | **$(json "$r" 'round(d["events_per_s"])') events/s**, p99 $(json "$r" 'd["latency_ms"]["p99"]') ms per request, errors $(json "$r" 'd["errors"]') | $(cpu_cell webhook "$(per_event "$w0" "$w1" "$accepted")" "$r0" "$r1" "$accepted") |"
+    fi
+    r0=$(redis_now)
+    local rate; rate=$(drain_rate "$url" "$accepted" "$batch")
+    r1=$(redis_now)
+    echo "| consumer drain, batch size $batch | one \`consumer\` process, DAY15_BATCH_SIZE=$batch, $accepted queued events | **$rate events/s** | $(cpu_cell consumer "$(cat "$work/drain_consumer_us")" "$r0" "$r1" "$accepted") |"
     stop "$webhook"
   done
 
@@ -106,15 +130,26 @@ bench_backend() {
   start consumer; local consumer=$started
   load "$url" "$work/e2e.json" --rate 1000 --duration "$secs" --concurrency 32 --verify
   r=$work/e2e.json
-  echo "| end-to-end at 1,000 events/s (webhook + 1 consumer) | \`--rate 1000 --duration $secs --concurrency 32 --verify\` | received→applied p50 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p50_ms"]') ms, p95 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p95_ms"]') ms, p99 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p99_ms"]') ms; drained: $(json "$r" 'd["verify"]["complete"]') |"
+  echo "| end-to-end at 1,000 events/s (webhook + 1 consumer) | \`--rate 1000 --duration $secs --concurrency 32 --verify\` | received→applied p50 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p50_ms"]') ms, p95 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p95_ms"]') ms, p99 $(json "$r" 'd["verify"]["pipeline_end_to_end_ms"]["p99_ms"]') ms; drained: $(json "$r" 'd["verify"]["complete"]') | |"
   stop "$consumer"; stop "$webhook"
 
   if [ "$backend" = redis ]; then
     local x
     x=$(redis-benchmark -p "$redis_port" -c 32 -n 200000 -q XADD bench:ceiling '*' f v 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1)
-    echo "| ceiling: redis-benchmark XADD, 32 clients, no pipelining | \`redis-benchmark -c 32 -n 200000 XADD …\` | $x |"
+    echo "| ceiling: redis-benchmark XADD, 32 clients, no pipelining | \`redis-benchmark -c 32 -n 200000 XADD …\` | $x | |"
     x=$(redis-benchmark -p "$redis_port" -c 8 -n 1000000 -P 100 -q XADD bench:ceiling2 '*' f v 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1)
-    echo "| ceiling: redis-benchmark XADD, 8 clients, pipeline 100 | \`redis-benchmark -c 8 -P 100 -n 1000000 XADD …\` | $x |"
+    echo "| ceiling: redis-benchmark XADD, 8 clients, pipeline 100 | \`redis-benchmark -c 8 -P 100 -n 1000000 XADD …\` | $x | |"
+    # The enqueue script itself, one new event per call (a random id), as the webhook calls it
+    # for a single event: what single-event ingest is measured against.
+    local sha payload
+    sha=$(redis-cli -p "$redis_port" SCRIPT LOAD "$(cat crates/core/src/backend/redis/lua/enqueue.lua)")
+    payload='{"event_id":"evt_x","event_type":"usage_tracked","user_id":"user_1","timestamp":"2025-12-16T10:00:00Z","metadata":{"feature":"export","quantity":1},"received_at":"2025-12-16T10:00:00.000000Z"}'
+    x=$(redis-benchmark -p "$redis_port" -c 32 -n 200000 -r 1000000000000 -q EVALSHA "$sha" 3 \
+      '{ceiling}:stream' '{ceiling}:m:counters' '{ceiling}:maps' '{ceiling}:seen:' 86400000 \
+      counters accepted duplicates 0 '' 'evt___rand_int__' "$payload" 2>/dev/null \
+      | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1)
+    local ratio; ratio=$(python3 -c "print(f'{$peak_single / ${x%% *} * 100:.0f}')")
+    echo "| ceiling: redis-benchmark EVALSHA of the enqueue script, 32 clients | \`redis-benchmark -c 32 -r … EVALSHA <enqueue.lua> …\` | $x (single-event ingest reached **$ratio%** of it) | |"
   fi
 }
 

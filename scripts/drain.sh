@@ -7,9 +7,12 @@
 # Defaults: redis, 100000 events, batch size 500, 1 consumer. BIN=<dir> runs the webhook and
 # consumer binaries from another build's `target/release` (the load generator always comes from
 # this checkout). Everything runs in a temp dir with its own ports, SQLite file and
-# redis-server. Prints one line: the fill's ingest rate, drain events/s, seconds, CPU of the
-# backend and of the consumers (100% = one core), and for redis the time Redis spent in the
-# claim and settle scripts per event, then the commands inside them (INFO commandstats).
+# redis-server. Prints two lines: the fill (batch ingest rate, webhook and Redis CPU µs per
+# event) and the drain (events/s, consumer and Redis CPU µs per event, for redis the time Redis
+# spent in scripts per event), then the Redis commands behind them (INFO commandstats).
+# CPU is user + sys: /proc for the pipeline's processes, INFO cpu for redis-server.
+# PROFILE=<dir> also records a `perf record -g` profile of the webhook during the fill and of
+# the (first) consumer during the drain, as <dir>/webhook.perf.data and consumer.perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,11 +58,30 @@ export DAY15_MAX_QUEUE_DEPTH=100000000 DAY15_BATCH_TIMEOUT_SECONDS=1 DAY15_BATCH
 "$bin/webhook" >"$work/webhook.out" 2>&1 &
 pids+=($!)
 wait_http "$url/health"
+webhook_pid=${pids[-1]}
+hz=$(getconf CLK_TCK)
+redis_seconds() { if [ -n "$backend_pid" ]; then redis_cpu "$redis_port"; else echo 0; fi; }
+[ -n "$backend_pid" ] && redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+# perf_start <name> <pid>: a profile of <pid> until perf_stop, when PROFILE is set.
+perf_pid=""
+perf_start() {
+  [ -n "${PROFILE:-}" ] || return 0
+  mkdir -p "$PROFILE"
+  perf record -q -F 499 -g -p "$2" -o "$PROFILE/$1.perf.data" >/dev/null 2>&1 &
+  perf_pid=$!
+  sleep 0.5
+}
+perf_stop() { [ -n "$perf_pid" ] && kill -INT "$perf_pid" && wait "$perf_pid" || true; perf_pid=""; }
+perf_start webhook "$webhook_pid"
+fill_webhook0=$(cpu_ticks "$webhook_pid"); fill_redis0=$(redis_seconds)
 "$generator" --url "$url" load --json --rate 0 --events "$events" --batch-size 100 \
   --concurrency 8 >"$work/fill.json" 2>/dev/null
+fill_webhook1=$(cpu_ticks "$webhook_pid"); fill_redis1=$(redis_seconds)
+perf_stop
+[ -n "$backend_pid" ] && redis-cli -p "$redis_port" INFO commandstats | tr -d '\r' >"$work/fill_commandstats"
 
 [ -n "$backend_pid" ] && redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
-backend_before=$([ -n "$backend_pid" ] && cpu_ticks "$backend_pid" || echo 0)
+drain_redis0=$(redis_seconds)
 started=()
 t0=$(date +%s.%N)
 for _ in $(seq 1 "$consumers"); do
@@ -67,9 +89,11 @@ for _ in $(seq 1 "$consumers"); do
   started+=($!)
   pids+=($!)
 done
+perf_start consumer "${started[0]}"
 until [ "$(processed "$url")" -ge "$events" ]; do sleep 0.1; done
 t1=$(date +%s.%N)
-backend_after=$([ -n "$backend_pid" ] && cpu_ticks "$backend_pid" || echo 0)
+drain_redis1=$(redis_seconds)
+perf_stop
 consumer_ticks=0
 for p in "${started[@]}"; do consumer_ticks=$((consumer_ticks + $(cpu_ticks "$p"))); done
 redis_usec=0
@@ -78,25 +102,33 @@ if [ -n "$backend_pid" ]; then
   redis_usec=$(grep -E '^cmdstat_(evalsha|eval):' "$work/commandstats" | grep -o 'usec=[0-9]*' \
     | awk -F= '{ s += $2 } END { print s + 0 }')
 fi
-hz=$(getconf CLK_TCK)
-python3 - "$events" "$t0" "$t1" "$backend_before" "$backend_after" "$consumer_ticks" "$hz" \
-  "$redis_usec" "$backend" "$batch" "$consumers" "$work/fill.json" <<'EOF'
+python3 - "$events" "$t0" "$t1" "$consumer_ticks" "$hz" "$redis_usec" \
+  "$fill_webhook0" "$fill_webhook1" "$fill_redis0" "$fill_redis1" "$drain_redis0" "$drain_redis1" \
+  "$backend" "$batch" "$consumers" "$work/fill.json" <<'EOF'
 import json, sys
-n, t0, t1, b0, b1, c, hz, rus = (float(x) for x in sys.argv[1:9])
-backend, batch, consumers = sys.argv[9:12]
-fill = json.load(open(sys.argv[12]))
+n, t0, t1, c, hz, rus, w0, w1, fr0, fr1, dr0, dr1 = (float(x) for x in sys.argv[1:13])
+backend, batch, consumers = sys.argv[13:16]
+fill = json.load(open(sys.argv[16]))
 el = t1 - t0
-line = (f"{backend} ingest {fill['events_per_s']:,.0f} events/s (batches of 100, 8 clients); "
-        f"drain, batch {batch}, {consumers} consumer(s): {n / el:,.0f} events/s "
-        f"({n:,.0f} events in {el:.2f} s); consumers CPU {c / hz / el * 100:.0f}%")
+per = lambda seconds: seconds * 1e6 / n
+line = (f"{backend} fill: {fill['events_per_s']:,.0f} events/s (batches of 100, 8 clients); "
+        f"webhook CPU {per((w1 - w0) / hz):.1f} µs/event")
 if backend == "redis":
-    line += (f", redis-server CPU {(b1 - b0) / hz / el * 100:.0f}%, "
-             f"Redis time in scripts {rus / n:.1f} µs/event")
+    line += f", redis-server CPU {per(fr1 - fr0):.1f} µs/event"
+print(line)
+line = (f"{backend} drain, batch {batch}, {consumers} consumer(s): {n / el:,.0f} events/s "
+        f"({n:,.0f} events in {el:.2f} s); consumers CPU {per(c / hz):.1f} µs/event")
+if backend == "redis":
+    line += (f", redis-server CPU {per(dr1 - dr0):.1f} µs/event "
+             f"(in scripts {rus / n:.1f} µs/event)")
 print(line)
 EOF
 if [ -n "$backend_pid" ]; then
-  # Where the script time goes: the commands they call, in µs of Redis time per event.
-  awk -F'[:,=]' -v n="$events" '
-    /^cmdstat_(xreadgroup|xclaim|xack|xdel|zincrby|xautoclaim):/ {
-      printf "  %s %.2f µs/event (%d calls)\n", substr($1, 9), $5 / n, $3 }' "$work/commandstats"
+  # Where Redis's time goes: the commands, in µs of Redis time per event.
+  for phase in fill drain; do
+    file=$work/commandstats; [ "$phase" = fill ] && file=$work/fill_commandstats
+    awk -F'[:,=]' -v n="$events" -v phase="$phase" '
+      /^cmdstat_/ && $5 / n >= 0.05 {
+        printf "  %s %s %.2f µs/event (%d calls)\n", phase, substr($1, 9), $5 / n, $3 }' "$file"
+  done
 fi

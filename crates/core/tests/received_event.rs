@@ -165,9 +165,8 @@ fn event_text() -> impl Strategy<Value = (String, bool)> {
                     .iter()
                     .filter(|(k, _)| k == "received_at")
                     .all(|(_, v)| serde_json::from_str::<String>(v).is_ok());
-                let plain = !repeats(&top)
-                    && !(meta_is_object && repeats(&meta_fields))
-                    && own_received_at_is_text;
+                let repeated = repeats(&top) || (meta_is_object && repeats(&meta_fields));
+                let plain = !repeated && own_received_at_is_text;
                 (
                     format!("{space}{}{space}", object(&top, space, escape)),
                     plain,

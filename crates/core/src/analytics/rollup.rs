@@ -19,7 +19,9 @@
 //! A batch's rollups are summed per bucket and field by [`RollupSums`] in the settle step, from
 //! each [`super::Effect`]'s totals and event time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::{maps, Increment, StoredMetrics, MINUTE_WINDOW};
 

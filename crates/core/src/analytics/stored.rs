@@ -34,7 +34,7 @@ impl MapShape {
 /// Increments summed per `(map, field)`, borrowing the names: how a batch's effects are folded
 /// so that each metric is written once per batch, whatever the batch size.
 #[derive(Debug, Clone, Default)]
-pub struct Sums<'a>(std::collections::HashMap<(&'a str, &'a str), f64>);
+pub struct Sums<'a>(foldhash::HashMap<(&'a str, &'a str), f64>);
 
 impl<'a> Sums<'a> {
     pub fn of(increments: impl IntoIterator<Item = &'a Increment>) -> Self {

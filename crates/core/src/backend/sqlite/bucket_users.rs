@@ -3,7 +3,9 @@
 //! rank: u8)` triples. A batch reads and rewrites one row per bucket it touches, whatever its
 //! number of users; a bucket with `n` users costs at most `3 n` bytes (49,152 at most).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 

@@ -1,7 +1,7 @@
 //! The aggregates in the `metrics` table: summed increments written by the writer, and the
 //! snapshot the reader thread reads back for `Backend::metrics`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use rusqlite::{params, Connection, OptionalExtension};
 

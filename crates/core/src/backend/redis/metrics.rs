@@ -78,6 +78,28 @@ pub(super) fn script_increments<'a>(sums: &Sums<'a>) -> Vec<(&'a str, Cow<'a, st
     out
 }
 
+/// Appends summed increments to a settle or record script call as `read_metrics` in
+/// `lua/metric_lib.lua` reads them: the number of maps, then per map (each run of increments of
+/// one map, in their order) its name, n, its n fields and their n sums. Sending each map's
+/// fields together lets the script hand them to one variadic command without sorting them out
+/// first, and names each map once instead of once per field.
+pub(super) fn push_increments(
+    inv: &mut ::redis::ScriptInvocation<'_>,
+    increments: &[(&str, Cow<'_, str>, f64)],
+) {
+    let same_map = |a: &(&str, Cow<'_, str>, f64), b: &(&str, Cow<'_, str>, f64)| a.0 == b.0;
+    inv.arg(increments.chunk_by(same_map).count());
+    for run in increments.chunk_by(same_map) {
+        inv.arg(run[0].0).arg(run.len());
+        for (_, field, _) in run {
+            inv.arg(field.as_ref());
+        }
+        for (_, _, by) in run {
+            inv.arg(*by);
+        }
+    }
+}
+
 /// Rollup bucket keys per script call: bounds one call's reply.
 const BUCKETS_PER_CALL: usize = 1_000;
 
@@ -122,9 +144,7 @@ impl RedisBackend {
             .arg(maps::PER_MINUTE_PREFIX)
             .arg(MINUTE_MAP_TTL_SECS)
             .arg(bounds_arg(&self.options.bounds));
-        for (map, field, by) in script_increments(&Sums::of(&increments)) {
-            inv.arg(map).arg(field.as_ref()).arg(by);
-        }
+        push_increments(&mut inv, &script_increments(&Sums::of(&increments)));
         let mut conn = self.conn.get();
         bounded(inv.invoke_async::<i64>(&mut conn))
             .await

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use futures_util::future::try_join_all;
 
 use super::error::{bounded, CallError};
-use super::metrics::{bounds_arg, script_increments, MINUTE_MAP_TTL_SECS};
+use super::metrics::{bounds_arg, push_increments, script_increments, MINUTE_MAP_TTL_SECS};
 use super::{keys, Partition, RedisBackend};
 use crate::analytics::rollup::RollupSums;
 use crate::analytics::{counting, maps, Sums};
@@ -135,11 +135,8 @@ impl RedisBackend {
         }
         let mut increments = script_increments(&sums);
         lock(&p.written_registers).skip_written(&mut increments);
-        inv.arg(increments.len());
         // In decision order: the script decides new dimension values in the order it reads.
-        for (map, field, by) in &increments {
-            inv.arg(*map).arg(field.as_ref()).arg(*by);
-        }
+        push_increments(&mut inv, &increments);
         for s in settlements {
             let Lease::Redis {
                 entry,

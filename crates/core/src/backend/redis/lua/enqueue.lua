@@ -6,6 +6,9 @@
 -- is set by the same script: while it lives, the delivery is refused whole and nothing is
 -- written but the duplicate count.
 --
+-- A new entry holds the fields `id` and `payload`; `failures` (the failed attempts so far) is
+-- only written by the scripts that put an event back, and a missing one reads as 0.
+--
 -- KEYS[1]  the stream
 -- KEYS[2]  the counters metric map (sorted set)
 -- KEYS[3]  the registry of metric map names (set)
@@ -30,10 +33,9 @@ if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
   for i = 1, n do
     outcomes[i] = 2
   end
-  if n > 0 then
-    redis.call('ZINCRBY', KEYS[2], n, ARGV[5])
+  if n > 0 and tonumber(redis.call('ZINCRBY', KEYS[2], n, ARGV[5])) == n then
+    redis.call('SADD', KEYS[3], ARGV[3])
   end
-  redis.call('SADD', KEYS[3], ARGV[3])
   return outcomes
 end
 local accepted, duplicates = 0, 0
@@ -41,7 +43,7 @@ local was_empty = ARGV[7] ~= '' and redis.call('XLEN', KEYS[1]) == 0
 for i = 8, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[2]) then
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'payload', ARGV[i + 1], 'failures', '0')
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'payload', ARGV[i + 1])
     accepted = accepted + 1
     outcomes[#outcomes + 1] = 1
   else
@@ -49,13 +51,19 @@ for i = 8, #ARGV, 2 do
     outcomes[#outcomes + 1] = 0
   end
 end
+-- A counter whose total is what this call added was just created, and with it perhaps the map:
+-- only then is the map registered. A map that existed is registered already (every script that
+-- writes a map registers it in the same step, and the registry only forgets maps that are gone).
+local new_counter = false
 if accepted > 0 then
-  redis.call('ZINCRBY', KEYS[2], accepted, ARGV[4])
+  new_counter = tonumber(redis.call('ZINCRBY', KEYS[2], accepted, ARGV[4])) == accepted
 end
-if duplicates > 0 then
-  redis.call('ZINCRBY', KEYS[2], duplicates, ARGV[5])
+if duplicates > 0 and tonumber(redis.call('ZINCRBY', KEYS[2], duplicates, ARGV[5])) == duplicates then
+  new_counter = true
 end
-redis.call('SADD', KEYS[3], ARGV[3])
+if new_counter then
+  redis.call('SADD', KEYS[3], ARGV[3])
+end
 if KEYS[4] then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[6])
 end

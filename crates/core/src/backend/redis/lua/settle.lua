@@ -30,8 +30,9 @@
 -- ARGV[9]  the analytics bounds, JSON (see metric_lib.lua)
 -- ARGV[10] g = number of groups of acks, one per consumer, then per group: consumer, lowest
 --          and highest entry id of the group, n, then n × (entry id, lease delivery count)
--- then     m = number of summed increments, then m × (map, field, by), each (map, field) once,
---          sorted by map, then field
+-- then     the summed increments, per map (see read_metrics in metric_lib.lua): the number of
+--          maps, then per map its name, n, n fields, n sums; each (map, field) once, sorted by
+--          map, then field
 -- then     records, each starting with its kind:
 --   'R', entry id, lease consumer, lease delivery count, failures after this attempt, due ms
 --   'D', entry id, lease consumer, lease delivery count, attempts, failure reason, error
@@ -81,14 +82,8 @@ if #stale > 0 then
 end
 
 -- The sums are distinct per (map, field) already and in decision order: kept in that order.
-local m = tonumber(ARGV[i])
-i = i + 1
 local sums = new_metrics()
-for k = 0, m - 1 do
-  local at = i + k * 3
-  add_metric(sums, ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]))
-end
-i = i + m * 3
+i = read_metrics(sums, ARGV, i)
 flush_metrics(sums, ARGV[2], registry, ARGV[3], tonumber(ARGV[4]), bounds)
 
 local metrics = new_metrics()

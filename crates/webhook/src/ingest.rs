@@ -186,16 +186,22 @@ async fn ingest_event(
     };
 
     let delivery = delivery_id(&mark);
-    let outcomes = state
-        .call(
-            "enqueue",
-            state.backend().enqueue_delivery(vec![queued], mark),
-        )
-        .await?;
-    let Some(&outcome) = outcomes.first() else {
-        return Err(ApiError::Unavailable(
-            "backend returned no outcome for the event".into(),
-        ));
+    let outcome = match mark {
+        None => state.singles().enqueue(queued).await?,
+        Some(mark) => {
+            let outcomes = state
+                .call(
+                    "enqueue",
+                    state.backend().enqueue_delivery(vec![queued], Some(mark)),
+                )
+                .await?;
+            let Some(&outcome) = outcomes.first() else {
+                return Err(ApiError::Unavailable(
+                    "backend returned no outcome for the event".into(),
+                ));
+            };
+            outcome
+        }
     };
 
     let local = &state.inner.local;

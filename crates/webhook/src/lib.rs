@@ -38,6 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 mod admin;
 mod body;
 pub mod cli;
+mod coalesce;
 pub mod dashboard;
 pub mod error;
 mod ingest;
@@ -110,6 +111,9 @@ struct Shared {
     last_ingest_at: AtomicI64,
     /// Wakes the depth refresh out of its quiet wait when ingest resumes.
     ingest_resumed: tokio::sync::Notify,
+    /// Gathers concurrent single events into shared enqueue calls; started on first use,
+    /// on the runtime that serves the requests.
+    singles: std::sync::OnceLock<coalesce::Coalescer>,
     /// The budget of `Event received` / duplicate lines (DAY15_LOG_EVENTS_PER_SECOND).
     received_lines: EventLines,
     /// The budget of `Event rejected` lines, so a flood of bad events cannot flood the log.
@@ -145,6 +149,7 @@ impl AppState {
         let per_second = config.logging.events_per_second;
         Ok(AppState {
             inner: Arc::new(Shared {
+                singles: std::sync::OnceLock::new(),
                 received_lines: EventLines::new(per_second, "received", SummaryLevel::Info),
                 rejected_lines: EventLines::new(per_second, "rejected", SummaryLevel::Warning),
                 config,
@@ -167,6 +172,13 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The dispatcher of unsigned single events (see [`coalesce`]).
+    fn singles(&self) -> &coalesce::Coalescer {
+        self.inner
+            .singles
+            .get_or_init(|| coalesce::Coalescer::start(self.clone()))
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

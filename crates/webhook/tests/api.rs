@@ -340,3 +340,35 @@ async fn analytics_stream_sends_a_snapshot_at_once_and_again_after_a_change() {
     // An open stream does not hold up shutdown.
     server.stop().await.unwrap();
 }
+
+/// Concurrent single events share enqueue calls; each request still gets its own answer:
+/// of 64 requests for 16 ids sent at once, exactly one per id is accepted and the rest are
+/// duplicates, and exactly 16 events are queued.
+#[tokio::test]
+async fn concurrent_single_events_are_each_answered_for_themselves() {
+    let server = ServerHandle::start().await;
+    let requests = (0..64).map(|i| {
+        let body = event(&format!("evt_together_{}", i % 16));
+        let server = &server;
+        async move {
+            let r = server.post("/webhook/events", &body).await;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let mut accepted = std::collections::BTreeMap::new();
+    for (status, body) in &answers {
+        let id = body["event_id"].as_str().unwrap().to_string();
+        match status {
+            202 => *accepted.entry(id).or_insert(0) += 1,
+            200 => assert_eq!(body["reason"], "duplicate_event", "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 16, "{accepted:?}");
+    assert!(accepted.values().all(|n| *n == 1), "{accepted:?}");
+    assert_eq!(server.queue_depth().await, 16);
+    server.stop().await.unwrap();
+}

@@ -3,7 +3,8 @@
 //! Each request goes through the same gate — JSON Content-Type, body limit, signature over the
 //! raw bytes, load shedding on the cached queue depth — before any parsing. Valid events get
 //! `received_at` and are stored with one [`Backend::enqueue_delivery`] call per request (a whole
-//! batch included), whose atomic idempotency decides accepted or duplicate. A signed request
+//! batch included; unsigned single events arriving together share one, see `coalesce.rs`),
+//! whose atomic idempotency decides accepted or duplicate. A signed request
 //! carries the mark of its `webhook-id` into that call, so a replayed delivery is answered as a
 //! duplicate and stores nothing. The answer is sent only after that call succeeded.
 //!
@@ -180,10 +181,7 @@ async fn ingest_event(
     event
         .check_future_skew(now, state.config().max_future_skew)
         .map_err(|e| ApiError::invalid_event(e, Some(event.id.as_str())))?;
-    let queued = QueuedEvent {
-        event_id: event.id.clone(),
-        payload: event.stored(&format_received_at(now)),
-    };
+    let queued = QueuedEvent::received(&event, &format_received_at(now));
 
     let delivery = delivery_id(&mark);
     let outcome = match mark {
@@ -410,10 +408,7 @@ async fn ingest_batch(
         });
         match item {
             Ok(event) => {
-                queued.push(QueuedEvent {
-                    event_id: event.id.clone(),
-                    payload: event.stored(&received_at),
-                });
+                queued.push(QueuedEvent::received(&event, &received_at));
                 kinds.push((event.event_type, event.id));
             }
             Err(refused) => {

@@ -109,6 +109,14 @@ impl QueuedEvent {
             payload: event.to_json(),
         }
     }
+
+    /// The stored form of an event as the webhook received it, stamped `received_at`.
+    pub fn received(event: &crate::event::ReceivedEvent<'_>, received_at: &str) -> Self {
+        QueuedEvent {
+            event_id: event.id.clone(),
+            payload: event.stored(received_at),
+        }
+    }
 }
 
 /// The answer of [`Backend::enqueue`] for one event.

@@ -174,16 +174,10 @@ local function zadd_all(key, flag, args)
   return added
 end
 
--- Adds `by[j]` to the score of every field `fields[j]` (distinct): what one ZINCRBY per field
--- would store, bit for bit (the stored double read back exactly, the same addition, written so
--- that Redis reads the sum back exactly), in one ZMSCORE and one ZADD instead of one call per
--- field.
-local function add_all(key, fields, by)
-  if #fields == 1 then
-    redis.call('ZINCRBY', key, number(by[1]), fields[1])
-    return
-  end
-  local stored = scores_of(key, fields)
+-- Writes `stored[j] + by[j]` (nil counts as 0) as the score of every field `fields[j]`, in one
+-- ZADD: what one ZINCRBY per field would store, bit for bit (the stored double read back
+-- exactly, the same addition, written so that Redis reads the sum back exactly).
+local function zadd_sums(key, fields, by, stored)
   local args = {}
   for j, field in ipairs(fields) do
     local score = by[j]
@@ -194,6 +188,16 @@ local function add_all(key, fields, by)
     args[#args + 1] = field
   end
   zadd_all(key, nil, args)
+end
+
+-- Adds `by[j]` to the score of every field `fields[j]` (distinct) in one ZMSCORE and one ZADD
+-- instead of one call per field.
+local function add_all(key, fields, by)
+  if #fields == 1 then
+    redis.call('ZINCRBY', key, number(by[1]), fields[1])
+    return
+  end
+  zadd_sums(key, fields, by, scores_of(key, fields))
 end
 
 -- A user already in the exact set was PFADDed by the step that added it (every write of the set
@@ -237,16 +241,7 @@ local function write_ranked(key, m, b)
   end
   if tracked + new <= k then
     -- Room for every new user: nothing is replaced, every score grows by its sum.
-    local args = {}
-    for j, field in ipairs(m.fields) do
-      local score = m.by[j]
-      if stored[j] then
-        score = tonumber(stored[j]) + score
-      end
-      args[#args + 1] = number(score)
-      args[#args + 1] = field
-    end
-    zadd_all(key, nil, args)
+    zadd_sums(key, m.fields, m.by, stored)
     return
   end
   -- Full: one user at a time, since a replacement may pop a user of this very batch.

@@ -20,7 +20,7 @@ mod event_lines;
 mod file;
 mod format;
 
-pub use event_lines::{thousands, EventLines, SummaryLevel};
+pub use event_lines::{EventLines, SummaryLevel};
 pub use file::{LogFile, Rotation};
 pub use format::{
     escape, needs_escape, LogSafe, PipelineFormat, MAX_RECORD_CHARS, MAX_VALUE_CHARS,

@@ -195,7 +195,11 @@ impl RedisBackend {
         to: i64,
     ) -> BackendResult<Buckets> {
         let span = granularity.seconds();
-        let mut first = granularity.bucket_start(from);
+        let retention = &self.options.bounds.rollup_retention;
+        let now = now_seconds();
+        // Buckets retention has already forgotten are not asked for: a wide range of minutes
+        // would otherwise be hundreds of thousands of names per partition.
+        let mut first = granularity.bucket_start(from.max(retention.oldest_kept(granularity, now)));
         if first < from {
             first += span;
         }
@@ -226,8 +230,6 @@ impl RedisBackend {
             }
         }))
         .await?;
-        let retention = &self.options.bounds.rollup_retention;
-        let now = now_seconds();
         let mut out = Buckets::new();
         for (i, (start, name)) in starts.iter().zip(&names).enumerate() {
             if !retention.keeps(name, now) {

@@ -3,6 +3,11 @@
 //! queue file. Every commit in WAL mode appends to `<file>-wal`, so a change to it fires the
 //! backend's arrivals `Notify` and the claim wait loop looks at `PRAGMA data_version` at once.
 //!
+//! Only writes and creations count: an open, a close, a read or an ownership change of the
+//! WAL (SQLite `fchown`s it when a process running as root opens the file) is no commit, and
+//! reacting to one would wake every idle claimer for nothing. The watch is made by the first
+//! claim that has to wait, so a process that never claims (the webhook) keeps no watch thread.
+//!
 //! The notification is an optimisation, never the guarantee: where it cannot be set up (no
 //! inotify instances left, a file system without notifications) the wait loop keeps polling
 //! at its short interval, and with it the poll only slows to a safety net, so a missed event
@@ -12,6 +17,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 
+use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
@@ -33,11 +39,13 @@ impl CommitWatch {
         };
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            let written = matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(wal.as_os_str()));
+            let written = matches!(
+                event.kind,
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) | EventKind::Create(_)
+            ) && event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(wal.as_os_str()));
             if written {
                 arrivals.notify_waiters();
             }

@@ -28,7 +28,8 @@
 //!   nearly nothing.
 //! - A store must stay the one every process uses. A watch thread checks every second that
 //!   `DAY15_SQLITE_PATH` still names the store this process opened (device, inode and the
-//!   store id in its `meta` table); once it does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
+//!   store id in its `meta` table, read again only when the file's size or change time moved,
+//!   so a check at rest is one `stat`); once it does not (deleted, replaced), every call fails with that reason, an ERROR is logged once,
 //!   and a process opened through [`crate::backend::connect`] exits with status 1 a moment
 //!   later, rather than accept events into a store nobody will read.
 //! - "Healthy" means writable: [`Backend::ping`] fails while the last write failed. Each write
@@ -107,9 +108,10 @@ pub struct SqliteBackend {
     reads: mpsc::Sender<ReadJob>,
     /// Fired by the writer after committing work a claimer may be waiting for.
     arrivals: Arc<Notify>,
-    /// Fired when any process (this one too) commits to the file; `None` where the platform
-    /// gives no change notifications, and the claim wait loop polls at its short interval.
-    commits: Option<(Arc<Notify>, commits::CommitWatch)>,
+    /// Fired when any process (this one too) commits to the file; made by the first claim that
+    /// waits. `None` where the platform gives no change notifications, and the claim wait loop
+    /// polls at its short interval.
+    commits: OnceLock<Option<(Arc<Notify>, commits::CommitWatch)>>,
     /// Whether the store is still the one at the path, and still writable.
     condition: Arc<Condition>,
     /// How long rollup buckets are kept: reads never return a bucket past it.
@@ -244,16 +246,12 @@ impl SqliteBackend {
             watch_store(identity, probe, watched, stop)
         })?;
 
-        let commit_notify = Arc::new(Notify::new());
-        let commits = commits::CommitWatch::start(path, commit_notify.clone())
-            .map(|watch| (commit_notify, watch));
-
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             writes,
             reads,
             arrivals,
-            commits,
+            commits: OnceLock::new(),
             condition,
             retention,
             _watch: watch,

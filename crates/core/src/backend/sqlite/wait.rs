@@ -9,11 +9,14 @@
 //! earliest `visible_at`, so the loop claims again (a write) only once something is due, and
 //! never sleeps past that moment.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::commits::CommitWatch;
 use super::error::StoreResult;
 use super::reader::ReadJob;
 use super::writer::WriteJob;
@@ -81,8 +84,12 @@ impl SqliteBackend {
             if !got.is_empty() {
                 return Ok(got);
             }
+            let commits = self.commits.get_or_init(|| {
+                let notify = Arc::new(Notify::new());
+                CommitWatch::start(&self.path, notify.clone()).map(|watch| (notify, watch))
+            });
             let mut pause = POLL_MIN;
-            let longest = if self.commits.is_some() {
+            let longest = if commits.is_some() {
                 POLL_MAX_NOTIFIED
             } else {
                 POLL_MAX
@@ -92,7 +99,7 @@ impl SqliteBackend {
                     return Ok(Vec::new());
                 }
                 // Registered before the read, so a commit during it still ends the sleep.
-                let committed = self.commits.as_ref().map(|(notify, _)| notify.notified());
+                let committed = commits.as_ref().map(|(notify, _)| notify.notified());
                 tokio::pin!(committed);
                 if let Some(n) = committed.as_mut().as_pin_mut() {
                     n.enable();

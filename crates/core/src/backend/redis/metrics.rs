@@ -232,9 +232,6 @@ impl RedisBackend {
         .await?;
         let mut out = Buckets::new();
         for (i, (start, name)) in starts.iter().zip(&names).enumerate() {
-            if !retention.keeps(name, now) {
-                continue;
-            }
             let fields = parts.iter().filter_map(|part| part.get(i));
             let merged = merge_rollups(
                 name,

@@ -68,7 +68,7 @@ mod wait;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +112,9 @@ pub struct SqliteBackend {
     /// waits. `None` where the platform gives no change notifications, and the claim wait loop
     /// polls at its short interval.
     commits: OnceLock<Option<(Arc<Notify>, commits::CommitWatch)>>,
+    /// The claim wait loop's poll interval when its last wait ended (µs): the next wait starts
+    /// there, so a claimer at rest keeps polling slowly from one claim to the next.
+    wait_pause_micros: AtomicU64,
     /// Whether the store is still the one at the path, and still writable.
     condition: Arc<Condition>,
     /// How long rollup buckets are kept: reads never return a bucket past it.
@@ -252,6 +255,7 @@ impl SqliteBackend {
             reads,
             arrivals,
             commits: OnceLock::new(),
+            wait_pause_micros: AtomicU64::new(0),
             condition,
             retention,
             _watch: watch,

@@ -8,7 +8,13 @@
 //! notifications), as the safety net. When the version changed, one index seek reads the
 //! earliest `visible_at`, so the loop claims again (a write) only once something is due, and
 //! never sleeps past that moment.
+//!
+//! The interval starts short again after a notification (the WAL is written a moment before
+//! the commit becomes visible to readers, so the first read after one may still see the old
+//! version) and after a claim that returned events; otherwise the next wait carries on where
+//! the last one ended, so a claimer at rest reads twice a second rather than ten times.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,20 +88,24 @@ impl SqliteBackend {
             // Never raced against `cancel`: a claim committed by the writer must be returned.
             let got = self.write(|reply| WriteJob::Claim { max, reply }).await?;
             if !got.is_empty() {
+                self.wait_pause_micros.store(0, Ordering::Relaxed);
                 return Ok(got);
             }
             let commits = self.commits.get_or_init(|| {
                 let notify = Arc::new(Notify::new());
                 CommitWatch::start(&self.path, notify.clone()).map(|watch| (notify, watch))
             });
-            let mut pause = POLL_MIN;
             let longest = if commits.is_some() {
                 POLL_MAX_NOTIFIED
             } else {
                 POLL_MAX
             };
+            let mut pause = Duration::from_micros(self.wait_pause_micros.load(Ordering::Relaxed))
+                .clamp(POLL_MIN, longest);
             loop {
                 if cancel.is_cancelled() || tokio::time::Instant::now() >= deadline {
+                    let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+                    self.wait_pause_micros.store(micros, Ordering::Relaxed);
                     return Ok(Vec::new());
                 }
                 // Registered before the read, so a commit during it still ends the sleep.
@@ -134,9 +144,12 @@ impl SqliteBackend {
                             Some(n) => n.await,
                             None => std::future::pending().await,
                         }
-                    } => continue,
+                    } => {
+                        pause = POLL_MIN;
+                        continue;
+                    }
                     _ = tokio::time::sleep_until(until) => {}
-                    _ = cancel.cancelled() => return Ok(Vec::new()),
+                    _ = cancel.cancelled() => continue,
                 }
                 pause = (pause * 2).min(longest);
             }

@@ -25,9 +25,10 @@ use crate::restart::RestartPolicy;
 
 /// How long the webhook may take to answer `/health` after it was started.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
-/// How often the supervisor checks that the SQLite path still names the store it started on
-/// (more often than the children do, so it sees a loss before their exits).
-const STORE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often the supervisor checks that the SQLite path still names the store it started on.
+/// A child's exit is checked against the store first too, so a child that stopped because the
+/// store is gone is never taken for a crash and restarted, whichever of them notices first.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The SQLite file the pipeline runs on, remembered at start (`None` for Redis).
 ///

@@ -494,15 +494,27 @@ async fn refresh_depth_loop(state: AppState, stop: CancellationToken) {
     }
 }
 
+/// Writes the local counts every [`local_metrics::FLUSH_INTERVAL`] while there are any, and
+/// rests while nothing is counted (a webhook at rest writes nothing), until the next count.
 async fn flush_loop(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(local_metrics::FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        // On stop the pending tick is dropped; `serve` flushes once more after the server ends.
+        // On stop the pending tick or wait is dropped; `serve` flushes once more after the
+        // server ends.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if state.inner.local.nothing_pending() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = state.inner.local.counted.notified() => {}
+            }
+            // Let the first interval's counts gather before writing them.
+            tick.reset();
+            continue;
         }
         match state.flush().await {
             Ok(()) if failing => {

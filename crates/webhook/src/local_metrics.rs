@@ -33,6 +33,9 @@ pub struct LocalMetrics {
     /// Held by a flush across its backend call and by readers across their backend read, so a
     /// reader sees each count exactly once: either in the backend or here.
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    /// Fired by the first count after the counters were empty, so the flush task can rest
+    /// while nothing is counted.
+    pub(crate) counted: tokio::sync::Notify,
 }
 
 /// A set of counts taken out of [`LocalMetrics`].
@@ -84,6 +87,7 @@ impl Default for LocalMetrics {
             rejected: AtomicU64::new(0),
             ingest_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             flush_lock: tokio::sync::Mutex::new(()),
+            counted: tokio::sync::Notify::new(),
         }
     }
 }
@@ -91,13 +95,27 @@ impl Default for LocalMetrics {
 impl LocalMetrics {
     /// `n` events judged and let through (accepted or duplicate).
     pub fn received(&self, n: u64) {
-        self.received.fetch_add(n, Ordering::Relaxed);
+        self.count_received(n);
     }
 
     /// `n` events judged and refused; they count as received too.
     pub fn rejected(&self, n: u64) {
-        self.received.fetch_add(n, Ordering::Relaxed);
+        self.count_received(n);
         self.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every count goes through `received`, so its step up from zero is the one moment the
+    /// flush task needs to hear about (a stored permit if it is not waiting yet).
+    fn count_received(&self, n: u64) {
+        if self.received.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
+            self.counted.notify_one();
+        }
+    }
+
+    /// Whether nothing waits to be flushed: every request counts `received`, and counts put
+    /// back after a failed flush include it.
+    pub fn nothing_pending(&self) -> bool {
+        self.received.load(Ordering::Relaxed) == 0
     }
 
     /// One request's ingest latency.

@@ -68,7 +68,12 @@ fn parse_event_id(s: &str) -> Result<EventId, String> {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let cli = Cli::parse_from(args);
     let config = runtime::config_or_exit(&cli.config);
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread: a consumer is one loop (claim, apply, settle) whose steps wait on each
+    // other, so worker threads would only hand every reply from one thread to another.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return failure(format_args!("cannot start the async runtime: {e}")),
     };

@@ -484,20 +484,22 @@ impl<'de> Visitor<'de> for WalkVisitor {
 /// The `events` array of a `POST /webhook/batch` body as raw elements, each to be judged on
 /// its own; `None` when the body is not plainly `{"events": [1 ..= max elements], …}`
 /// (the tree parser then says what is wrong).
+///
+/// The elements are found in the same pass that reads the body (the `events` value is read
+/// as a sequence where it lies, not borrowed whole and read again).
 pub fn batch_elements(text: &str, max: usize) -> Option<Vec<&RawValue>> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let events = de.deserialize_map(BatchVisitor).ok().flatten()?;
-    de.end().ok()?;
-    let mut de = serde_json::Deserializer::from_str(events.get());
-    let elements = de.deserialize_seq(ElementsVisitor { max }).ok()?;
+    let elements = de.deserialize_map(BatchVisitor { max }).ok().flatten()?;
     de.end().ok()?;
     (!elements.is_empty()).then_some(elements)
 }
 
-struct BatchVisitor;
+struct BatchVisitor {
+    max: usize,
+}
 
 impl<'de> Visitor<'de> for BatchVisitor {
-    type Value = Option<&'de RawValue>;
+    type Value = Option<Vec<&'de RawValue>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a batch object")
@@ -510,7 +512,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
                 if events.is_some() {
                     return Err(de::Error::custom("events given twice"));
                 }
-                events = Some(map.next_value::<&'de RawValue>()?);
+                events = Some(map.next_value_seed(ElementsVisitor { max: self.max })?);
             } else {
                 map.next_value::<Walked>()?;
             }
@@ -522,6 +524,14 @@ impl<'de> Visitor<'de> for BatchVisitor {
 /// At most `max` raw elements; more is an error, so a huge array is not collected.
 struct ElementsVisitor {
     max: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ElementsVisitor {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
 }
 
 impl<'de> Visitor<'de> for ElementsVisitor {

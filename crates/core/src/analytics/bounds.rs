@@ -133,8 +133,19 @@ impl DimensionCap {
 /// Summed increments sorted by map, then field (bytes): the order every backend decides
 /// new values in, so that the decision depends on nothing but the stored fields and the batch.
 pub fn in_order<'a>(sums: &Sums<'a>) -> Vec<(&'a str, &'a str, f64)> {
-    let mut all: Vec<_> = sums.iter().collect();
-    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    // Grouped by map first, so the sorts compare fields, not the long map names a map's
+    // fields all share.
+    let mut by_map: foldhash::HashMap<&'a str, Vec<(&'a str, f64)>> = Default::default();
+    for (map, field, by) in sums.iter() {
+        by_map.entry(map).or_default().push((field, by));
+    }
+    let mut maps: Vec<_> = by_map.into_iter().collect();
+    maps.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut all = Vec::with_capacity(sums.len());
+    for (map, mut fields) in maps {
+        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.extend(fields.into_iter().map(|(field, by)| (map, field, by)));
+    }
     all
 }
 

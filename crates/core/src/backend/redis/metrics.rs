@@ -13,7 +13,6 @@ use super::reply::{integer, scored_pairs, text};
 use super::RedisBackend;
 use crate::analytics::bounds::{self, CAPPED_MAPS, KNOWN_TYPES, OTHER};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use crate::analytics::hll;
 use crate::analytics::rollup::{self, Buckets, Granularity};
@@ -59,22 +58,27 @@ pub(super) fn bounds_arg(b: &Bounds) -> String {
 /// the other backends), which the script raises with `ZADD GT`: a batch sends each register
 /// once, however many of its users fall in it.
 pub(super) fn script_increments<'a>(sums: &Sums<'a>) -> Vec<(&'a str, Cow<'a, str>, f64)> {
-    let mut registers: BTreeMap<(&'a str, usize), u8> = BTreeMap::new();
-    let mut out = Vec::with_capacity(sums.len());
-    for (map, field, by) in bounds::in_order(sums) {
-        if MapShape::of(map) == MapShape::BucketUsers {
-            let (register, rank) = hll::position(field);
-            let highest = registers.entry((map, register)).or_insert(0);
-            *highest = (*highest).max(rank);
-        } else {
-            out.push((map, Cow::Borrowed(field), by));
+    let ordered = bounds::in_order(sums);
+    let mut out = Vec::with_capacity(ordered.len());
+    let mut registers: Vec<(usize, u8)> = Vec::new();
+    for run in ordered.chunk_by(|a, b| a.0 == b.0) {
+        let map = run[0].0;
+        if MapShape::of(map) != MapShape::BucketUsers {
+            out.extend(
+                run.iter()
+                    .map(|&(map, field, by)| (map, Cow::Borrowed(field), by)),
+            );
+            continue;
+        }
+        registers.clear();
+        registers.extend(run.iter().map(|(_, user, _)| hll::position(user)));
+        registers.sort_unstable();
+        // Sorted by register, then rank: the last of each register's run is its highest.
+        for same in registers.chunk_by(|a, b| a.0 == b.0) {
+            let (register, rank) = same[same.len() - 1];
+            out.push((map, Cow::Owned(register.to_string()), f64::from(rank)));
         }
     }
-    out.extend(
-        registers.into_iter().map(|((map, register), rank)| {
-            (map, Cow::Owned(register.to_string()), f64::from(rank))
-        }),
-    );
     out
 }
 

@@ -9,6 +9,8 @@
 # end-to-end latency across partitions.
 # Everything runs in a temp dir with its own ports, SQLite files and redis-server; nothing
 # shared is touched. Prints one Markdown table per backend, ready for BENCHMARKS.md.
+# BIN=<dir> runs the webhook and consumer from another build's `target/release`, to compare
+# two builds in one sitting (the load generator always comes from this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ secs=${2:-10}
 fill_events=${FILL_EVENTS:-200000}
 
 cargo build --release --workspace --quiet
-bin=target/release
+bin=${BIN:-target/release}
 work=$(mktemp -d)
 . scripts/lib.sh
 trap stop_pids_and_remove_work EXIT
@@ -43,7 +45,7 @@ stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 load() { # url, output file, load args...
   local url=$1 out=$2; shift 2
-  "$bin/event-generator" --url "$url" load --json "$@" >"$out" 2>/dev/null || true
+  target/release/event-generator --url "$url" load --json "$@" >"$out" 2>/dev/null || true
 }
 
 

@@ -1,6 +1,7 @@
 //! Decoding Redis replies (RESP2 or RESP3 shapes alike) into deliveries, strings and numbers.
 //! A malformed part of a reply is skipped rather than failing the whole call.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use ::redis::Value;
@@ -64,24 +65,46 @@ pub(super) fn stream_read_deliveries(
         };
         for entry in entries {
             let Value::Array(parts) = entry else { continue };
-            let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
+            let (Some(id), Some(fields)) = (parts.first().and_then(borrowed_text), parts.get(1))
+            else {
                 continue;
             };
-            let f = field_map(fields);
+            // Looked up where they lie: only the payload is copied out of the reply.
             if let Some(d) = delivery(
                 partition,
                 &id,
                 1,
                 consumer,
-                f.get("id").map(String::as_str),
-                f.get("payload").cloned(),
-                f.get("failures").map(String::as_str),
+                entry_field(fields, "id").and_then(borrowed_text).as_deref(),
+                entry_field(fields, "payload").and_then(text),
+                entry_field(fields, "failures")
+                    .and_then(borrowed_text)
+                    .as_deref(),
             ) {
                 out.push(d);
             }
         }
     }
     out
+}
+
+/// The value of the field `name` of a stream entry (`[k, v, k, v, …]` or a map); of a name
+/// given twice, the last, as [`field_map`] keeps it.
+fn entry_field<'v>(fields: &'v Value, name: &str) -> Option<&'v Value> {
+    let named = |k: &Value| match k {
+        Value::BulkString(b) => b == name.as_bytes(),
+        Value::SimpleString(s) => s == name,
+        _ => false,
+    };
+    match fields {
+        Value::Array(kv) => kv
+            .chunks_exact(2)
+            .rev()
+            .find(|p| named(&p[0]))
+            .map(|p| &p[1]),
+        Value::Map(kv) => kv.iter().rev().find(|(k, _)| named(k)).map(|(_, v)| v),
+        _ => None,
+    }
 }
 
 /// A stream entry's fields (`[k, v, k, v, …]` or a map) as strings.
@@ -119,6 +142,15 @@ pub(super) fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// [`text`], borrowed from the reply where it is a string that needs no repair.
+fn borrowed_text(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b)),
+        Value::SimpleString(s) => Some(Cow::Borrowed(s)),
+        other => text(other).map(Cow::Owned),
+    }
+}
+
 /// An integer reply, or a string holding one.
 pub(super) fn integer(v: &Value) -> Option<i64> {
     match v {
@@ -149,4 +181,37 @@ pub(super) fn scored_pairs(v: &Value) -> Vec<(String, f64)> {
         .chunks_exact(2)
         .filter_map(|p| Some((text(&p[0])?, number(&p[1])?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_entry_field_is_found_in_either_reply_shape_and_the_last_of_a_name_wins() {
+        let resp2 = Value::Array(vec![
+            bulk("id"),
+            bulk("e-1"),
+            bulk("payload"),
+            bulk("{}"),
+            bulk("id"),
+            bulk("e-2"),
+        ]);
+        let resp3 = Value::Map(vec![
+            (bulk("id"), bulk("e-1")),
+            (bulk("payload"), bulk("{}")),
+        ]);
+        let field = |fields: &Value, name| entry_field(fields, name).and_then(text);
+        assert_eq!(field(&resp2, "id").as_deref(), Some("e-2"));
+        assert_eq!(field(&resp2, "payload").as_deref(), Some("{}"));
+        assert_eq!(field(&resp3, "id").as_deref(), Some("e-1"));
+        assert_eq!(field(&resp2, "failures"), None);
+        assert_eq!(field(&Value::Nil, "id"), None);
+        // The key's whole name must match, not a prefix of it.
+        assert_eq!(field(&resp3, "pay"), None);
+    }
 }

@@ -23,7 +23,7 @@
 //! - A claimer blocked on an empty queue wakes at once for an enqueue made through the same
 //!   instance (a `Notify`), and for one made by another process when a change notification on
 //!   the file's WAL says it was written (`commits.rs`); it then reads `PRAGMA data_version`.
-//!   The poll of `data_version` remains as the safety net: every 500 ms with notifications,
+//!   The poll of `data_version` remains as the safety net: every second with notifications,
 //!   every 1 ms doubling to 4 ms where the platform gives none. An idle claimer therefore costs
 //!   nearly nothing.
 //! - A store must stay the one every process uses. A watch thread checks every second that

@@ -12,7 +12,7 @@
 //! The interval starts short again after a notification (the WAL is written a moment before
 //! the commit becomes visible to readers, so the first read after one may still see the old
 //! version) and after a claim that returned events; otherwise the next wait carries on where
-//! the last one ended, so a claimer at rest reads twice a second rather than ten times.
+//! the last one ended, so a claimer at rest reads once a second rather than ten times.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(4);
 /// Longest interval of the poll while change notifications announce commits: only what a
 /// notification missed waits this long.
-const POLL_MAX_NOTIFIED: Duration = Duration::from_millis(500);
+const POLL_MAX_NOTIFIED: Duration = Duration::from_secs(1);
 
 /// What the claim wait loop learns from one poll.
 pub(super) struct Watch {

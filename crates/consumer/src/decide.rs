@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use pipeline_core::analytics::{counting, describe, effect_of};
 use pipeline_core::backend::{Delivery, FailureReason, Settlement};
 use pipeline_core::config::Config;
-use pipeline_core::event::Event;
+use pipeline_core::event::{Event, ReceivedEvent};
 use pipeline_core::logging::{EventLines, SummaryLevel};
 
 use crate::retry::RetryPolicy;
@@ -83,7 +83,33 @@ pub struct Decision {
 pub struct HandlerError(pub String);
 
 /// Decides one delivery at `now`, logging as the original did.
+///
+/// The common delivery, a valid event applied normally, is read where it lies in the stored
+/// bytes, without a `Value` tree ([`ReceivedEvent::accept`], the webhook's fast path). Whatever
+/// that path is unsure of, and every dry run or fault-injection run, is judged from the tree,
+/// whose verdict is the contract; both give the same effect.
 pub fn decide(delivery: Delivery, settings: &HandlerSettings, now: DateTime<Utc>) -> Decision {
+    if !settings.dry_run && !settings.fault_injection {
+        let applied = ReceivedEvent::accept(&delivery.payload).map(|event| {
+            let latency = latency_at(event.received_at_micros(), now);
+            (effect_of(&event, now), latency)
+        });
+        if let Some((effect, latency)) = applied {
+            if tracing::enabled!(tracing::Level::INFO) && settings.processed_lines.admit() {
+                // Within the line budget only: the line's words are read from the tree.
+                if let Ok(event) = Event::from_slice(delivery.payload.as_bytes()) {
+                    log_processed(&event, latency);
+                }
+            }
+            return Decision {
+                settlement: Settlement::Ack {
+                    delivery,
+                    effect: Some(effect),
+                },
+                outcome: Outcome::Processed { latency },
+            };
+        }
+    }
     let event = match Event::from_slice(delivery.payload.as_bytes()) {
         Ok(event) => event,
         Err(invalid) => {
@@ -126,26 +152,9 @@ pub fn decide(delivery: Delivery, settings: &HandlerSettings, now: DateTime<Utc>
         return failed(delivery, &event, error, settings, now);
     }
 
-    let latency = event
-        .received_at_micros()
-        .map(|received| Duration::from_micros((now.timestamp_micros() - received).max(0) as u64));
+    let latency = latency_at(event.received_at_micros(), now);
     if tracing::enabled!(tracing::Level::INFO) && settings.processed_lines.admit() {
-        if let Some(line) = describe(&event) {
-            tracing::info!("{line}");
-        }
-        match latency {
-            Some(l) => tracing::info!(
-                "Processed {} ({}) - latency: {:.2}ms",
-                event.event_type,
-                event.id,
-                l.as_secs_f64() * 1000.0
-            ),
-            None => tracing::info!(
-                "Processed {} ({}) - latency: unknown (no received_at)",
-                event.event_type,
-                event.id
-            ),
-        }
+        log_processed(&event, latency);
     }
     Decision {
         settlement: Settlement::Ack {
@@ -153,6 +162,32 @@ pub fn decide(delivery: Delivery, settings: &HandlerSettings, now: DateTime<Utc>
             effect: Some(effect_of(&event, now)),
         },
         outcome: Outcome::Processed { latency },
+    }
+}
+
+/// `received_at` → `now`, when the event holds a `received_at`.
+fn latency_at(received_micros: Option<i64>, now: DateTime<Utc>) -> Option<Duration> {
+    received_micros
+        .map(|received| Duration::from_micros((now.timestamp_micros() - received).max(0) as u64))
+}
+
+/// The handler's lines for an applied event, as the original wrote them.
+fn log_processed(event: &Event, latency: Option<Duration>) {
+    if let Some(line) = describe(event) {
+        tracing::info!("{line}");
+    }
+    match latency {
+        Some(l) => tracing::info!(
+            "Processed {} ({}) - latency: {:.2}ms",
+            event.event_type,
+            event.id,
+            l.as_secs_f64() * 1000.0
+        ),
+        None => tracing::info!(
+            "Processed {} ({}) - latency: unknown (no received_at)",
+            event.event_type,
+            event.id
+        ),
     }
 }
 

@@ -2,10 +2,12 @@
 //! (`Event::from_slice`), which is the contract: over generated event texts — escapes,
 //! whitespace, numbers at and past every bound, duplicate fields, a sender's `received_at`,
 //! values of every type in every field — whatever the fast path accepts the tree validator
-//! accepts too, with the same id and type, and the stored forms hold the same JSON. Whatever the
+//! accepts too, with the same id and type, and the stored forms hold the same JSON, from which
+//! the consumer's fast read gives the same analytics effect as the tree. Whatever the
 //! tree validator accepts, the fast path accepts too unless the text repeats a field or holds a
 //! `received_at` that is not a string (those it leaves to the tree validator on purpose).
 
+use pipeline_core::analytics::effect_of;
 use pipeline_core::event::{format_received_at, Event, ReceivedEvent};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -184,9 +186,11 @@ fn check(text: &str, plain: bool) -> Result<(), TestCaseError> {
             prop_assert_eq!(Some(fast.timestamp()), tree.timestamp());
             let at = chrono::Utc::now();
             tree.stamp_received_at(at);
-            let stored: Value = serde_json::from_str(&fast.stored(&format_received_at(at)))
+            let stored_text = fast.stored(&format_received_at(at));
+            let stored: Value = serde_json::from_str(&stored_text)
                 .map_err(|e| TestCaseError::fail(format!("stored form of {text}: {e}")))?;
             prop_assert_eq!(stored, Value::Object(tree.body), "{}", text);
+            check_consumed(&stored_text)?;
         }
         (Some(_), Err(refused)) => {
             prop_assert!(
@@ -197,6 +201,27 @@ fn check(text: &str, plain: bool) -> Result<(), TestCaseError> {
         (None, Ok(_)) => prop_assert!(!plain, "fast path left a plain valid event: {text}"),
         (None, Err(_)) => {}
     }
+    Ok(())
+}
+
+/// The consumer's side: a stored event the fast path reads has the effect the tree gives.
+fn check_consumed(stored: &str) -> Result<(), TestCaseError> {
+    let tree = Event::from_slice(stored.as_bytes())
+        .map_err(|e| TestCaseError::fail(format!("stored form {stored} refused: {e}")))?;
+    let Some(fast) = ReceivedEvent::accept(stored) else {
+        return Err(TestCaseError::fail(format!(
+            "the fast path left the stored form of an event it accepted: {stored}"
+        )));
+    };
+    prop_assert_eq!(fast.user_id(), tree.user_id.as_deref());
+    prop_assert_eq!(fast.received_at_micros(), tree.received_at_micros());
+    let applied = chrono::Utc::now();
+    prop_assert_eq!(
+        effect_of(&fast, applied),
+        effect_of(&tree, applied),
+        "{}",
+        stored
+    );
     Ok(())
 }
 

@@ -17,6 +17,10 @@
 //! accept: a differential test and a fuzz target hold them to it. A consumer reading the stored
 //! form sees the same fields a `Value` parse of the original would have given, since the bytes
 //! are the original's.
+//!
+//! The consumer reads a stored event the same way: what the analytics effect needs (the user,
+//! `received_at`, the metadata fields some rule names) is kept from the one pass, so the
+//! common delivery is applied without a tree too (`analytics::effect::EventFacts`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -38,6 +42,10 @@ pub struct ReceivedEvent<'a> {
     pub id: EventId,
     pub event_type: Cow<'a, str>,
     timestamp: DateTime<Utc>,
+    user_id: Option<Cow<'a, str>>,
+    /// The metadata fields of [`RULED`] the event has (empty for [`Source::Tree`], whose
+    /// metadata is read from the tree).
+    ruled: Vec<(&'static str, Scalar<'a>)>,
     source: Source<'a>,
 }
 
@@ -70,17 +78,24 @@ impl<'a> ReceivedEvent<'a> {
         let timestamp = DateTime::parse_from_rfc3339(&string(fields.timestamp?)?)
             .ok()?
             .with_timezone(&Utc);
-        if let Some(user) = fields.user_id.filter(|raw| !is_null(raw)) {
-            let user = string(user)?;
-            if user.chars().count() > MAX_USER_ID_LEN || user.chars().any(char::is_control) {
-                return None;
+        let user_id = match fields.user_id.filter(|raw| !is_null(raw)) {
+            Some(user) => {
+                let user = string(user)?;
+                if user.chars().count() > MAX_USER_ID_LEN || user.chars().any(char::is_control) {
+                    return None;
+                }
+                Some(user)
             }
-        }
-        match fields.metadata {
-            None | Some(Metadata::Null) => {}
-            Some(Metadata::Object(meta)) => metadata_is_valid(&event_type, &meta)?,
+            None => None,
+        };
+        let ruled = match fields.metadata {
+            None | Some(Metadata::Null) => Vec::new(),
+            Some(Metadata::Object(meta)) => {
+                metadata_is_valid(&event_type, &meta)?;
+                meta
+            }
             Some(Metadata::Other) => return None,
-        }
+        };
         // The sender's value is replaced where it stands (the fast path takes only a string
         // there, read as a tree parse would read it).
         if let Some(raw) = fields.received_at {
@@ -95,8 +110,67 @@ impl<'a> ReceivedEvent<'a> {
             id,
             event_type,
             timestamp,
+            user_id,
+            ruled,
             source: Source::Text { text, received_at },
         })
+    }
+
+    /// The event's `user_id`, when it has one.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_deref()
+    }
+
+    /// The event's `received_at` in microseconds, when it holds one (as
+    /// [`Event::received_at_micros`] reads it).
+    pub fn received_at_micros(&self) -> Option<i64> {
+        let at = match &self.source {
+            Source::Text {
+                text,
+                received_at: Some(at),
+            } => json_string(&text[at.clone()])?,
+            Source::Text { .. } => return None,
+            Source::Tree(body) => Cow::Borrowed(body.get("received_at")?.as_str()?),
+        };
+        Some(DateTime::parse_from_rfc3339(&at).ok()?.timestamp_micros())
+    }
+
+    /// A metadata field some rule names ([`RULED`]), as [`Event::metadata`] would give it.
+    fn ruled(&self, key: &str) -> Option<Ruled<'_>> {
+        match &self.source {
+            Source::Tree(body) => body.get("metadata")?.as_object()?.get(key).map(Ruled::Tree),
+            Source::Text { .. } => self
+                .ruled
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| Ruled::Text(v)),
+        }
+    }
+
+    /// [`Self::ruled`] when it is a string.
+    pub fn ruled_str(&self, key: &str) -> Option<&str> {
+        match self.ruled(key)? {
+            Ruled::Tree(v) => v.as_str(),
+            Ruled::Text(Scalar::Str(s)) => Some(s),
+            Ruled::Text(_) => None,
+        }
+    }
+
+    /// [`Self::ruled`] when it is a number (`Value::as_f64`).
+    pub fn ruled_f64(&self, key: &str) -> Option<f64> {
+        match self.ruled(key)? {
+            Ruled::Tree(v) => v.as_f64(),
+            Ruled::Text(v) => v.as_f64(),
+        }
+    }
+
+    /// [`Self::ruled`] when it is a non-negative integer (`Value::as_u64`).
+    pub fn ruled_u64(&self, key: &str) -> Option<u64> {
+        match self.ruled(key)? {
+            Ruled::Tree(v) => v.as_u64(),
+            Ruled::Text(Scalar::U64(n)) => Some(*n),
+            Ruled::Text(_) => None,
+        }
     }
 
     /// The event's `timestamp` in UTC (the rules require one).
@@ -162,6 +236,8 @@ impl From<Event> for ReceivedEvent<'static> {
             id: event.id,
             event_type: Cow::Owned(event.event_type),
             timestamp,
+            user_id: event.user_id.map(Cow::Owned),
+            ruled: Vec::new(),
             source: Source::Tree(event.body),
         }
     }
@@ -172,9 +248,19 @@ fn is_null(raw: &RawValue) -> bool {
     raw.get() == "null"
 }
 
+/// A metadata value of [`ReceivedEvent::ruled`]: where the event keeps it.
+enum Ruled<'r> {
+    Tree(&'r Value),
+    Text(&'r Scalar<'r>),
+}
+
 /// A raw value that is a JSON string, unescaped; borrowed when it holds no escape.
 fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+    json_string(raw.get())
+}
+
+/// JSON text that is one string, unescaped; borrowed when it holds no escape.
+fn json_string(text: &str) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
     }
@@ -233,6 +319,7 @@ fn metadata_is_valid(event_type: &str, fields: &[(&str, Scalar<'_>)]) -> Option<
 
 /// What the metadata rules need of a value, read as a `serde_json::Value` would read it
 /// (a non-negative integer is `U64`, a negative one `I64`, anything else numeric `F64`).
+#[derive(Debug, Clone, PartialEq)]
 enum Scalar<'a> {
     Null,
     Bool,

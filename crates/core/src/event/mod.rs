@@ -10,9 +10,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod fields;
 mod received;
 
-pub use received::{batch_elements, ReceivedEvent};
+pub use fields::batch_elements;
+pub use received::ReceivedEvent;
 
 /// An event's idempotency key: 1–128 printable ASCII characters without whitespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -94,22 +94,19 @@ impl Default for LocalMetrics {
 
 impl LocalMetrics {
     /// `n` events judged and let through (accepted or duplicate).
+    ///
+    /// Every count goes through here, so its step up from zero is the one moment the flush
+    /// task needs to hear about (a stored permit if it is not waiting yet).
     pub fn received(&self, n: u64) {
-        self.count_received(n);
+        if self.received.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
+            self.counted.notify_one();
+        }
     }
 
     /// `n` events judged and refused; they count as received too.
     pub fn rejected(&self, n: u64) {
-        self.count_received(n);
+        self.received(n);
         self.rejected.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Every count goes through `received`, so its step up from zero is the one moment the
-    /// flush task needs to hear about (a stored permit if it is not waiting yet).
-    fn count_received(&self, n: u64) {
-        if self.received.fetch_add(n, Ordering::Relaxed) == 0 && n > 0 {
-            self.counted.notify_one();
-        }
     }
 
     /// Whether nothing waits to be flushed: every request counts `received`, and counts put

@@ -1,7 +1,6 @@
 //! What applying one event changes, and what its handler logs.
 
 use chrono::{DateTime, Utc};
-
 use serde_json::Value;
 
 use super::{counters, maps, Effect, Increment};

@@ -29,7 +29,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::fields::{Metadata, Scalar, TopFields};
-
 use super::{
     future_skew, is_dimension_value, is_event_type, Event, EventId, ValidationError, MAX_AMOUNT,
     MAX_COUNT, MAX_USER_ID_LEN, SUBSCRIPTION_CREATED, USAGE_TRACKED, USER_SIGNUP,
@@ -42,8 +41,8 @@ pub struct ReceivedEvent<'a> {
     pub event_type: Cow<'a, str>,
     timestamp: DateTime<Utc>,
     user_id: Option<Cow<'a, str>>,
-    /// The metadata fields of [`super::fields::RULED`] the event has (empty for [`Source::Tree`], whose
-    /// metadata is read from the tree).
+    /// The metadata fields of [`super::fields::RULED`] the event has (empty for
+    /// [`Source::Tree`], whose metadata is read from the tree).
     ruled: Vec<(&'static str, Scalar<'a>)>,
     source: Source<'a>,
 }
@@ -134,7 +133,8 @@ impl<'a> ReceivedEvent<'a> {
         Some(DateTime::parse_from_rfc3339(&at).ok()?.timestamp_micros())
     }
 
-    /// A metadata field some rule names ([`super::fields::RULED`]), as [`Event::metadata`] would give it.
+    /// A metadata field some rule names ([`super::fields::RULED`]), as [`Event::metadata`]
+    /// would give it.
     fn ruled(&self, key: &str) -> Option<Ruled<'_>> {
         match &self.source {
             Source::Tree(body) => body.get("metadata")?.as_object()?.get(key).map(Ruled::Tree),

@@ -132,14 +132,7 @@ pub(super) fn field_map(fields: &Value) -> HashMap<String, String> {
 
 /// A string, bulk string or integer reply as text.
 pub(super) fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::Okay => Some("OK".into()),
-        _ => None,
-    }
+    borrowed_text(v).map(Cow::into_owned)
 }
 
 /// [`text`], borrowed from the reply where it is a string that needs no repair.
@@ -147,7 +140,10 @@ fn borrowed_text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b)),
         Value::SimpleString(s) => Some(Cow::Borrowed(s)),
-        other => text(other).map(Cow::Owned),
+        Value::VerbatimString { text, .. } => Some(Cow::Borrowed(text)),
+        Value::Int(i) => Some(Cow::Owned(i.to_string())),
+        Value::Okay => Some(Cow::Borrowed("OK")),
+        _ => None,
     }
 }
 

@@ -149,6 +149,7 @@ impl SqliteBackend {
                         continue;
                     }
                     _ = tokio::time::sleep_until(until) => {}
+                    // The check at the top of the loop ends the wait.
                     _ = cancel.cancelled() => continue,
                 }
                 pause = (pause * 2).min(longest);

@@ -230,3 +230,62 @@ async fn a_failed_delivery_enqueue_leaves_no_mark() {
         [EnqueueOutcome::DuplicateDelivery]
     );
 }
+
+/// A rollup bucket's expiry is set by the write that creates it: every bucket expires, the one
+/// written once and the one written again by a later batch (which adds a new dimension value
+/// and a new user to it) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rollup_bucket_expires_however_often_it_is_written() {
+    use pipeline_core::analytics::{maps, Effect, Increment};
+    let Some(h) = start() else {
+        return;
+    };
+    let b = h.backend("expiring", BackendOptions::default()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut expiries = Vec::new();
+    for (round, (kind, user)) in [("user_signup", "user_a"), ("usage_tracked", "user_b")]
+        .into_iter()
+        .enumerate()
+    {
+        b.enqueue(vec![ev(&format!("r{round}"))]).await.unwrap();
+        let got = claim_eventually(&b, Duration::from_secs(10)).await;
+        let settle = got
+            .into_iter()
+            .map(|d| Settlement::Ack {
+                effect: Some(Effect {
+                    event_id: d.event_id.clone(),
+                    event_time: Some(now),
+                    increments: vec![
+                        Increment::new(maps::EVENTS_BY_TYPE, kind, 1.0),
+                        Increment::new(maps::USERS, user, 1.0),
+                    ],
+                }),
+                delivery: d,
+            })
+            .collect();
+        b.settle(settle).await.unwrap();
+        let keys = redis_cli(&h.server, &["--scan", "--pattern", "{expiring}:m:ru:*"]).await;
+        let mut buckets: Vec<String> = keys.lines().map(str::to_string).collect();
+        buckets.sort();
+        assert!(
+            buckets.len() >= 6,
+            "minute, hour and day buckets: {buckets:?}"
+        );
+        let mut round_expiries = Vec::new();
+        for k in &buckets {
+            let at: i64 = redis_cli(&h.server, &["EXPIRETIME", k])
+                .await
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(at > now, "{k} expires (EXPIRETIME {at})");
+            round_expiries.push((k.clone(), at));
+        }
+        expiries.push(round_expiries);
+    }
+    // The second batch found its buckets in place and left their expiry as it was.
+    assert_eq!(expiries[0], expiries[1]);
+}

@@ -6,10 +6,12 @@
 -- does on a small sorted set; so do the scores Lua formats and Redis replies with):
 --   dimension maps      at most `cap` named fields; a new field past the cap is written to
 --                       `other` instead (fields that are always named never take a slot);
+--                       the count of named fields (ZCARD) is read only for a new field;
 --   the distinct map    users the sorted set does not hold yet (one ZMSCORE) are PFADDed to
 --                       `<map key><hll suffix>`, and join the set while it holds fewer than
 --                       `exact` (ZADD NX);
---   the ranked map      Space-Saving top-K: while every new user fits (ZCARD + new <= k) all
+--   the ranked map      Space-Saving top-K: while every new user fits (ZCARD + new <= k, the
+--                       ZCARD read only when a user is new) all
 --                       scores grow in one ZADD; else one user at a time, a tracked one
 --                       ZINCRBYed, a new one added while ZCARD < k, else replacing the
 --                       smallest entry (ZPOPMIN) with that entry's score plus its own;
@@ -18,8 +20,8 @@
 --                       single field.
 -- Then (for per-minute maps) one EXPIRE per map and one SADD of all map names into the
 -- registry. Rollup buckets (`<rollup_prefix><aggregate>:<m|h|d>:<start>`) are not registered
--- (they are read by name, per range): each gets EXPIREAT its start plus
--- `rollup_expiry[<m|h|d>]` (bucket width + retention), and a bucket already past that on
+-- (they are read by name, per range): the write that creates one sets its EXPIREAT, its start
+-- plus `rollup_expiry[<m|h|d>]` (bucket width + retention), and a bucket already past that on
 -- Redis's clock is not written at all (a late event counts in the totals only). Dimension
 -- buckets are capped like their totals map; a `registers` bucket holds its users' HyperLogLog
 -- registers (member = register, score = rank), raised with ZADD GT. Fields are decided in the
@@ -190,14 +192,31 @@ local function zadd_sums(key, fields, by, stored)
   zadd_all(key, nil, args)
 end
 
+-- How many of the `n` positions of `stored` (from scores_of) hold no score.
+local function count_absent(stored, n)
+  local absent = 0
+  for j = 1, n do
+    if not stored[j] then
+      absent = absent + 1
+    end
+  end
+  return absent
+end
+
+local function all_absent(stored, n)
+  return count_absent(stored, n) == n
+end
+
 -- Adds `by[j]` to the score of every field `fields[j]` (distinct) in one ZMSCORE and one ZADD
--- instead of one call per field.
+-- instead of one call per field. Returns whether the write may have created `key`.
 local function add_all(key, fields, by)
   if #fields == 1 then
     redis.call('ZINCRBY', key, number(by[1]), fields[1])
-    return
+    return true
   end
-  zadd_sums(key, fields, by, scores_of(key, fields))
+  local stored = scores_of(key, fields)
+  zadd_sums(key, fields, by, stored)
+  return all_absent(stored, #fields)
 end
 
 -- A user already in the exact set was PFADDed by the step that added it (every write of the set
@@ -205,6 +224,7 @@ end
 -- nothing: only the users the set does not hold are PFADDed, and the first `room` of them join
 -- the set, as adding them one by one until it is full would. A batch of returning users costs
 -- one ZMSCORE (a PFADD per user is slow on a sparse HyperLogLog, and was sent every batch).
+-- Returns whether the write may have created `key`.
 local function write_distinct(key, m, b)
   local stored = scores_of(key, m.fields)
   local new = {}
@@ -214,35 +234,37 @@ local function write_distinct(key, m, b)
     end
   end
   if #new == 0 then
-    return
+    return false
   end
   local hll = key .. b.hll_suffix
   for from = 1, #new, per_call do
     redis.call('PFADD', hll, unpack(new, from, math.min(from + per_call - 1, #new)))
   end
-  local room = b.exact - redis.call('ZCARD', key)
+  local held = redis.call('ZCARD', key)
   local args = {}
-  for j = 1, math.min(room, #new) do
+  for j = 1, math.min(b.exact - held, #new) do
     args[#args + 1] = '1'
     args[#args + 1] = new[j]
   end
   zadd_all(key, 'NX', args)
+  return held == 0
 end
 
+-- Returns whether the write may have created `key`.
 local function write_ranked(key, m, b)
   local k = math.max(b.k, 1)
-  local tracked = redis.call('ZCARD', key)
   local stored = scores_of(key, m.fields)
-  local new = 0
-  for j = 1, #m.fields do
-    if not stored[j] then
-      new = new + 1
-    end
+  local new = count_absent(stored, #m.fields)
+  if new == 0 then
+    -- Every user is tracked: every score grows by its sum, whatever the number tracked.
+    zadd_sums(key, m.fields, m.by, stored)
+    return false
   end
+  local tracked = redis.call('ZCARD', key)
   if tracked + new <= k then
     -- Room for every new user: nothing is replaced, every score grows by its sum.
     zadd_sums(key, m.fields, m.by, stored)
-    return
+    return tracked == 0
   end
   -- Full: one user at a time, since a replacement may pop a user of this very batch.
   for j, field in ipairs(m.fields) do
@@ -261,15 +283,26 @@ local function write_ranked(key, m, b)
       redis.call('ZADD', key, number(inherited + by), field)
     end
   end
+  return tracked == 0
 end
 
+-- Fields the map holds already keep their names, so a batch of known values costs one ZMSCORE
+-- and one ZADD; the number of named fields (ZCARD) is read only when a value is new. Returns
+-- whether the write may have created `key`.
 local function write_capped(key, typed, m, b)
-  local named = redis.call('ZCARD', key)
-  if named + #m.fields <= b.cap then
-    -- Room for every field, new or not: no field can be turned into `other`.
-    add_all(key, m.fields, m.by)
-    return
+  local stored = scores_of(key, m.fields)
+  local new = count_absent(stored, #m.fields)
+  if new == 0 then
+    zadd_sums(key, m.fields, m.by, stored)
+    return false
   end
+  local held = redis.call('ZCARD', key)
+  if held + new <= b.cap then
+    -- Room for every new field: none can be turned into `other`.
+    zadd_sums(key, m.fields, m.by, stored)
+    return held == 0
+  end
+  local named = held
   -- Past the cap: which fields exist (and whether `other` and the known types take no slot)
   -- is read in one ZMSCORE; then each field is added to its target in order, as one ZINCRBY
   -- per field would, and the targets written in one ZADD.
@@ -289,7 +322,7 @@ local function write_capped(key, typed, m, b)
       look(t)
     end
   end
-  local stored = scores_of(key, lookup)
+  stored = scores_of(key, lookup)
   if stored[at[b.other]] then
     named = named - 1
   end
@@ -322,17 +355,19 @@ local function write_capped(key, typed, m, b)
     args[#args + 1] = target
   end
   zadd_all(key, nil, args)
+  return held == 0
 end
 
 -- A rollup bucket's distinct users: HyperLogLog registers (member = register, score = rank),
--- each raised to the rank sent when that is higher (ZADD GT).
+-- each raised to the rank sent when that is higher (ZADD GT). Returns whether the write may
+-- have created `key` (only a write that adds members can).
 local function write_registers(key, m)
   local args = {}
   for j, field in ipairs(m.fields) do
     args[#args + 1] = number(m.by[j])
     args[#args + 1] = field
   end
-  zadd_all(key, 'GT', args)
+  return zadd_all(key, 'GT', args) > 0
 end
 
 local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute_ttl, b)
@@ -356,20 +391,25 @@ local function flush_metrics(acc, metric_prefix, registry, minute_prefix, minute
     if expires_at and expires_at <= now then
       -- Past its retention: the late event counts in the totals only.
     else
+      local created
       if aggregate == b.registers then
-        write_registers(key, m)
+        created = write_registers(key, m)
       elseif map == b.users then
-        write_distinct(key, m, b)
+        created = write_distinct(key, m, b)
       elseif map == b.ranked then
-        write_ranked(key, m, b)
+        created = write_ranked(key, m, b)
       elseif b.capped_set[map] or minute or (aggregate and b.capped_set[aggregate]) then
         local typed = b.typed_set[map] or minute or (aggregate ~= nil and b.typed_set[aggregate] == true)
-        write_capped(key, typed, m, b)
+        created = write_capped(key, typed, m, b)
       else
-        add_all(key, m.fields, m.by)
+        created = add_all(key, m.fields, m.by)
       end
       if expires_at then
-        redis.call('EXPIREAT', key, expires_at)
+        -- A bucket's expiry is fixed by its name, and set by the very write that creates it:
+        -- a bucket that existed before this write has it already.
+        if created then
+          redis.call('EXPIREAT', key, expires_at)
+        end
       else
         if starts_with(map, minute_prefix) then
           redis.call('EXPIRE', key, minute_ttl)

@@ -201,10 +201,10 @@ fn the_log_file_rotates_under_its_name_and_stays_private() {
     }
 }
 
-/// The sum of the counts in `… and N more events <verb> in the last second` lines, and how
-/// many such lines there are.
-fn summarised(text: &str, verb: &str) -> (u64, usize) {
-    let tail = format!(" more events {verb} in the last second");
+/// The sum of the counts in `… and N more <what> in the last second` lines, and how many such
+/// lines there are.
+fn summarised(text: &str, what: &str) -> (u64, usize) {
+    let tail = format!(" more {what} in the last second");
     let counts: Vec<u64> = text
         .lines()
         .filter_map(|l| l.strip_suffix(&tail))
@@ -246,15 +246,15 @@ fn past_the_per_second_budget_events_are_counted_in_one_line_a_second() {
             let own = |needle: &str| text.lines().filter(|l| l.contains(needle)).count() as u64;
             let received = own(" - webhook - INFO - Event received: usage_tracked (evt_budget_");
             let processed = own(" - consumer - INFO - Processed usage_tracked (evt_budget_");
-            let (r, r_lines) = summarised(&text, "received");
-            let (c, c_lines) = summarised(&text, "processed");
+            let (r, r_lines) = summarised(&text, "events received");
+            let (c, c_lines) = summarised(&text, "events processed");
             (received + r == EVENTS && processed + c == EVENTS && r_lines > 0 && c_lines > 0)
                 .then_some(())
         },
     );
     stop(o);
     let text = p.log();
-    let (_, lines) = summarised(&text, "received");
+    let (_, lines) = summarised(&text, "events received");
     let received = text
         .lines()
         .filter(|l| l.contains("Event received: "))
@@ -268,4 +268,37 @@ fn past_the_per_second_budget_events_are_counted_in_one_line_a_second() {
         .find(|l| l.ends_with(" more events received in the last second"))
         .unwrap_or_default();
     assert!(summary.contains(" - webhook - INFO - … and "), "{summary}");
+}
+
+/// A consumer's batch lines take the same budget, a batch at a time: every batch is in the log
+/// once, as its two lines or in a count, and each `Processing batch` line written has its
+/// `Batch complete` line.
+#[test]
+fn past_the_per_second_budget_batches_are_counted_in_one_line_a_second() {
+    const EVENTS: u64 = 60;
+    let mut p = Pipeline::sqlite();
+    p.set("DAY15_LOG_EVENTS_PER_SECOND", "3");
+    p.set("DAY15_BATCH_SIZE", "1");
+    let o = p.spawn("orchestrator", &[]);
+    p.wait_healthy(START);
+    let events: Vec<Value> = (0..EVENTS)
+        .map(|i| {
+            event(
+                &format!("evt_batches_{i}"),
+                "usage_tracked",
+                json!({"feature": "f"}),
+            )
+        })
+        .collect();
+    let (status, body) = p.post("/webhook/batch", &json!({ "events": events }));
+    assert_eq!(status, 202, "{body}");
+    eventually("every batch logged or counted", START, || {
+        let text = p.log();
+        let own = |needle: &str| text.lines().filter(|l| l.contains(needle)).count() as u64;
+        let started = own(" - consumer - INFO - Processing batch of 1 events");
+        let completed = own(" - consumer - INFO - Batch complete: 1 success, 0 failed");
+        let (held, lines) = summarised(&text, "batches processed");
+        (started + held == EVENTS && completed == started && lines > 0).then_some(())
+    });
+    stop(o);
 }

@@ -28,6 +28,7 @@ use chrono::Utc;
 use pipeline_core::analytics::consumer_calls::{CLAIM, SETTLE};
 use pipeline_core::backend::{Backend, BackendError, BackendResult, Delivery, Settlement};
 use pipeline_core::config::Config;
+use pipeline_core::logging::{EventLines, SummaryLevel};
 use tokio_util::sync::CancellationToken;
 
 use crate::dashboard_push::{BatchDeltas, DashboardPublisher};
@@ -94,6 +95,9 @@ struct Decided {
     /// When the batch was taken in hand (its claim answered, deciding starts): its duration
     /// runs from here to settled.
     claimed_at: Instant,
+    /// Whether the batch's lines are within the log budget: `Processing batch …` was written,
+    /// and so will `Batch complete: …` be.
+    logged: bool,
 }
 
 /// A backend call that has been sent and whose answer is collected later.
@@ -188,6 +192,8 @@ pub struct Consumer {
     batch_timeout: Duration,
     batch_linger: Duration,
     settings: HandlerSettings,
+    /// The budget of batch lines (DAY15_LOG_EVENTS_PER_SECOND batches a second).
+    batch_lines: EventLines,
     stats: ProcessingStats,
     health: BackendHealth,
     /// `Some` when DAY15_DASHBOARD_UPDATE_ENABLED.
@@ -218,6 +224,11 @@ impl Consumer {
             batch_timeout: config.consumer.batch_timeout.max(MIN_CLAIM_WAIT),
             batch_linger: config.consumer.batch_linger,
             settings: HandlerSettings::from_config(config),
+            batch_lines: EventLines::new(
+                config.logging.events_per_second,
+                "batches processed",
+                SummaryLevel::Info,
+            ),
             health: BackendHealth::new(),
             dashboard,
             hold_batch: (config.consumer.fault_injection && config.consumer.fault_hold_batch > 0)
@@ -383,7 +394,10 @@ impl Consumer {
     /// Decides every event of the batch: pure computation, nothing is waited on.
     fn decide(&self, batch: Vec<Delivery>) -> Decided {
         let claimed_at = Instant::now();
-        tracing::info!("Processing batch of {} events", batch.len());
+        let logged = tracing::enabled!(tracing::Level::INFO) && self.batch_lines.admit();
+        if logged {
+            tracing::info!("Processing batch of {} events", batch.len());
+        }
         let mut deltas = self
             .dashboard
             .as_ref()
@@ -407,6 +421,7 @@ impl Consumer {
             outcomes,
             deltas,
             claimed_at,
+            logged,
         }
     }
 
@@ -507,10 +522,12 @@ impl Consumer {
                 success += 1;
             }
         }
-        tracing::info!(
-            "Batch complete: {success} success, {} failed",
-            outcomes.len() - success
-        );
+        if decided.logged {
+            tracing::info!(
+                "Batch complete: {success} success, {} failed",
+                outcomes.len() - success
+            );
+        }
         if let (Some(dashboard), Some(deltas)) = (self.dashboard.as_mut(), decided.deltas) {
             dashboard.publish(deltas.finish(pipeline_core::event::format_received_at(Utc::now())));
         }

@@ -35,7 +35,7 @@ impl HandlerSettings {
             retry: RetryPolicy::from_config(config),
             processed_lines: EventLines::new(
                 config.logging.events_per_second,
-                "processed",
+                "events processed",
                 SummaryLevel::Info,
             ),
         }
@@ -279,7 +279,7 @@ mod tests {
                 base_delay: Duration::from_secs(2),
                 max_delay: Duration::from_secs(60),
             },
-            processed_lines: EventLines::new(u64::MAX, "processed", SummaryLevel::Info),
+            processed_lines: EventLines::new(u64::MAX, "events processed", SummaryLevel::Info),
         }
     }
 

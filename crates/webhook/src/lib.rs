@@ -150,8 +150,12 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Shared {
                 singles: std::sync::OnceLock::new(),
-                received_lines: EventLines::new(per_second, "received", SummaryLevel::Info),
-                rejected_lines: EventLines::new(per_second, "rejected", SummaryLevel::Warning),
+                received_lines: EventLines::new(per_second, "events received", SummaryLevel::Info),
+                rejected_lines: EventLines::new(
+                    per_second,
+                    "events rejected",
+                    SummaryLevel::Warning,
+                ),
                 config,
                 backend,
                 verifier,

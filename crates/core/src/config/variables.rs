@@ -380,7 +380,7 @@ pub const ROWS: &[Variable] = &[
         "Log format: text or json")
         .flag("log-format", "FORMAT"),
     Variable::new(Logs, "DAY15_LOG_EVENTS_PER_SECOND", Some("100"), int(0, 1_000_000_000),
-        "Per-event lines (Event received, Processed, Event rejected) each process writes per second; past it, one line per second counts the rest (0 = only those)"),
+        "Per-event lines (Event received, Processed, Event rejected) each process writes per second, and batches a consumer logs (Processing batch, Batch complete); past it, one line per second counts the rest (0 = only those)"),
     Variable::new(Logs, "DAY15_METRICS_ENABLED", Some("true"), Kind::Bool,
         "Serve GET /metrics (Prometheus text)"),
     Variable::new(Logs, "DAY15_LOG_MAX_BYTES", Some("104857600"), int(0, 1 << 40),

@@ -5,7 +5,9 @@
 //! process slower — at thousands. Each process keeps its per-event lines up to the budget in
 //! every second; past it, the rest of that second's events are counted and one summary line
 //! is written when the second ends (`… and 8,412 more events received in the last second`),
-//! so `tail -f` keeps up at any rate and nothing goes uncounted.
+//! so `tail -f` keeps up at any rate and nothing goes uncounted. A consumer's batch lines
+//! (`Processing batch of …`, `Batch complete: …`) take the same budget per batch: at batch size
+//! 10, 100,000 events a second would otherwise be 20,000 lines a second.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +22,8 @@ pub enum SummaryLevel {
     Warning,
 }
 
-/// One kind of per-event line (events received, processed, rejected) and its budget.
+/// One kind of per-event line (events received, processed, rejected; batches processed) and its
+/// budget.
 /// Cloning shares the budget.
 #[derive(Debug, Clone)]
 pub struct EventLines {
@@ -30,8 +33,8 @@ pub struct EventLines {
 #[derive(Debug)]
 struct Inner {
     per_second: u64,
-    /// The summary's verb: `… and N more events <verb> in the last second`.
-    verb: &'static str,
+    /// What the summary counts: `… and N more <what> in the last second`.
+    what: &'static str,
     level: SummaryLevel,
     window: Mutex<Window>,
 }
@@ -47,12 +50,13 @@ struct Window {
 }
 
 impl EventLines {
-    /// `per_second` lines a second (0: only summaries).
-    pub fn new(per_second: u64, verb: &'static str, level: SummaryLevel) -> EventLines {
+    /// `per_second` lines a second (0: only summaries); `what` names the lines' subject in
+    /// the summary, such as "events received".
+    pub fn new(per_second: u64, what: &'static str, level: SummaryLevel) -> EventLines {
         EventLines {
             inner: Arc::new(Inner {
                 per_second,
-                verb,
+                what,
                 level,
                 window: Mutex::new(Window {
                     started: Instant::now(),
@@ -126,13 +130,11 @@ impl EventLines {
     }
 
     fn summarise(&self, held: u64) {
-        let (count, verb) = (thousands(held), self.inner.verb);
+        let (count, what) = (thousands(held), self.inner.what);
         match self.inner.level {
-            SummaryLevel::Info => {
-                tracing::info!("… and {count} more events {verb} in the last second")
-            }
+            SummaryLevel::Info => tracing::info!("… and {count} more {what} in the last second"),
             SummaryLevel::Warning => {
-                tracing::warn!("… and {count} more events {verb} in the last second")
+                tracing::warn!("… and {count} more {what} in the last second")
             }
         }
     }
@@ -174,7 +176,7 @@ mod tests {
 
     #[test]
     fn lines_past_the_budget_are_held_until_the_second_ends() {
-        let lines = EventLines::new(3, "received", SummaryLevel::Info);
+        let lines = EventLines::new(3, "events received", SummaryLevel::Info);
         let admitted = (0..10).filter(|_| lines.admit()).count();
         assert_eq!(admitted, 3);
         assert_eq!(lines.lock().held, 7);
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_zero_budget_only_summarises() {
-        let lines = EventLines::new(0, "processed", SummaryLevel::Info);
+        let lines = EventLines::new(0, "events processed", SummaryLevel::Info);
         assert!(!(0..5).any(|_| lines.admit()));
         assert_eq!(lines.lock().held, 5);
         lines.lock().started -= WINDOW;

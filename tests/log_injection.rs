@@ -201,6 +201,19 @@ fn the_log_file_rotates_under_its_name_and_stays_private() {
     }
 }
 
+/// `n` usage events with ids `<prefix>0`, `<prefix>1`, …
+fn usage_events(prefix: &str, n: u64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            event(
+                &format!("{prefix}{i}"),
+                "usage_tracked",
+                json!({"feature": "f"}),
+            )
+        })
+        .collect()
+}
+
 /// The sum of the counts in `… and N more <what> in the last second` lines, and how many such
 /// lines there are.
 fn summarised(text: &str, what: &str) -> (u64, usize) {
@@ -224,15 +237,7 @@ fn past_the_per_second_budget_events_are_counted_in_one_line_a_second() {
     p.set("DAY15_LOG_EVENTS_PER_SECOND", "20");
     let o = p.spawn("orchestrator", &[]);
     p.wait_healthy(START);
-    let events: Vec<Value> = (0..EVENTS)
-        .map(|i| {
-            event(
-                &format!("evt_budget_{i}"),
-                "usage_tracked",
-                json!({"feature": "f"}),
-            )
-        })
-        .collect();
+    let events = usage_events("evt_budget_", EVENTS);
     for chunk in events.chunks(100) {
         let (status, body) = p.post("/webhook/batch", &json!({ "events": chunk }));
         assert_eq!(status, 202, "{body}");
@@ -281,15 +286,7 @@ fn past_the_per_second_budget_batches_are_counted_in_one_line_a_second() {
     p.set("DAY15_BATCH_SIZE", "1");
     let o = p.spawn("orchestrator", &[]);
     p.wait_healthy(START);
-    let events: Vec<Value> = (0..EVENTS)
-        .map(|i| {
-            event(
-                &format!("evt_batches_{i}"),
-                "usage_tracked",
-                json!({"feature": "f"}),
-            )
-        })
-        .collect();
+    let events = usage_events("evt_batches_", EVENTS);
     let (status, body) = p.post("/webhook/batch", &json!({ "events": events }));
     assert_eq!(status, 202, "{body}");
     eventually("every batch logged or counted", START, || {

@@ -203,10 +203,6 @@ local function count_absent(stored, n)
   return absent
 end
 
-local function all_absent(stored, n)
-  return count_absent(stored, n) == n
-end
-
 -- Adds `by[j]` to the score of every field `fields[j]` (distinct) in one ZMSCORE and one ZADD
 -- instead of one call per field. Returns whether the write may have created `key`.
 local function add_all(key, fields, by)
@@ -216,7 +212,7 @@ local function add_all(key, fields, by)
   end
   local stored = scores_of(key, fields)
   zadd_sums(key, fields, by, stored)
-  return all_absent(stored, #fields)
+  return count_absent(stored, #fields) == #fields
 end
 
 -- A user already in the exact set was PFADDed by the step that added it (every write of the set
@@ -303,9 +299,9 @@ local function write_capped(key, typed, m, b)
     return held == 0
   end
   local named = held
-  -- Past the cap: which fields exist (and whether `other` and the known types take no slot)
-  -- is read in one ZMSCORE; then each field is added to its target in order, as one ZINCRBY
-  -- per field would, and the targets written in one ZADD.
+  -- Past the cap: which fields exist is known; whether `other` and the known types exist (they
+  -- take no slot) is read in one ZMSCORE. Then each field is added to its target in order, as
+  -- one ZINCRBY per field would, and the targets written in one ZADD.
   local lookup, at = {}, {}
   local function look(field)
     if not at[field] then
@@ -322,7 +318,16 @@ local function write_capped(key, typed, m, b)
       look(t)
     end
   end
-  stored = scores_of(key, lookup)
+  -- The fields are distinct, so `lookup` starts with them in order, where `stored` has their
+  -- scores already.
+  local extra = {}
+  for j = #m.fields + 1, #lookup do
+    extra[#extra + 1] = lookup[j]
+  end
+  local more = scores_of(key, extra)
+  for j = 1, #extra do
+    stored[#m.fields + j] = more[j]
+  end
   if stored[at[b.other]] then
     named = named - 1
   end

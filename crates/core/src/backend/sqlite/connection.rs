@@ -9,6 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, MAIN_DB};
 
 use super::error::classify;
@@ -98,6 +99,12 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
     conn.busy_handler(Some(wait_for_lock))
         .map_err(|e| classify(path, "set busy handler", e.into()))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // A statement comparing a bound parameter with `metrics.map` could use the partial index
+    // on the ranked map when the value matches it, so SQLite otherwise recompiles the cached
+    // statement whenever that parameter changes: on every map of every settle. Queries meant
+    // for the partial index name the map literally.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| classify(path, "configure", e.into()))?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .and_then(|()| conn.pragma_update(None, "mmap_size", MMAP_BYTES))
         // Statement journals (one per savepointed statement) in memory, not in temp files.

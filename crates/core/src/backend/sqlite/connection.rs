@@ -104,8 +104,7 @@ pub(super) fn open_connection(path: &Path) -> BackendResult<Connection> {
     // statement whenever that parameter changes: on every map of every settle. Queries meant
     // for the partial index name the map literally.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(|e| classify(path, "configure", e.into()))?;
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .and_then(|_| conn.pragma_update(None, "cache_size", -CACHE_KIB))
         .and_then(|()| conn.pragma_update(None, "mmap_size", MMAP_BYTES))
         // Statement journals (one per savepointed statement) in memory, not in temp files.
         .and_then(|()| conn.pragma_update(None, "temp_store", "MEMORY"))

@@ -302,27 +302,23 @@ local function write_capped(key, typed, m, b)
   -- Past the cap: which fields exist is known; whether `other` and the known types exist (they
   -- take no slot) is read in one ZMSCORE. Then each field is added to its target in order, as
   -- one ZINCRBY per field would, and the targets written in one ZADD.
-  local lookup, at = {}, {}
+  -- `at[field]` is the field's position in `stored`: the batch's (distinct) fields first, then
+  -- `other` and the known types the batch does not name.
+  local at, extra = {}, {}
+  for j, field in ipairs(m.fields) do
+    at[field] = j
+  end
   local function look(field)
     if not at[field] then
-      lookup[#lookup + 1] = field
-      at[field] = #lookup
+      extra[#extra + 1] = field
+      at[field] = #m.fields + #extra
     end
-  end
-  for _, field in ipairs(m.fields) do
-    look(field)
   end
   look(b.other)
   if typed then
     for _, t in ipairs(b.known) do
       look(t)
     end
-  end
-  -- The fields are distinct, so `lookup` starts with them in order, where `stored` has their
-  -- scores already.
-  local extra = {}
-  for j = #m.fields + 1, #lookup do
-    extra[#extra + 1] = lookup[j]
   end
   local more = scores_of(key, extra)
   for j = 1, #extra do
